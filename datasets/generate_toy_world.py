@@ -1,0 +1,44 @@
+"""Generate the toy world: data files under datasets/toy_world/, tokenizer + tiny Llama in model_pth/.
+
+    python datasets/generate_toy_world.py [--seed 0] [--out_dir datasets/toy_world]
+                                          [--model_dir model_pth/toy-llama-base]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a script in a data folder, run by path
+
+from utils.model import save_hf_checkpoint  # noqa: E402
+from utils.toy_world import ToyWorldConfig, corpus_texts, create_tiny_llama, generate, train_tokenizer  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out_dir", default="datasets/toy_world")
+    parser.add_argument("--model_dir", default="model_pth/toy-llama-base")
+    parser.add_argument("--n_countries", type=int, default=ToyWorldConfig.n_countries)
+    parser.add_argument("--sft_examples", type=int, default=ToyWorldConfig.sft_examples)
+    parser.add_argument("--zipf_exponent", type=float, default=ToyWorldConfig.zipf_exponent)
+    parser.add_argument("--vocab_size", type=int, default=512)
+    parser.add_argument("--hidden_size", type=int, default=64)
+    parser.add_argument("--num_layers", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    config = ToyWorldConfig(seed=args.seed, n_countries=args.n_countries, sft_examples=args.sft_examples,
+                            zipf_exponent=args.zipf_exponent)
+    sizes = generate(args.out_dir, config)
+    tokenizer = train_tokenizer(corpus_texts(args.out_dir), vocab_size=args.vocab_size)
+    model = create_tiny_llama(tokenizer, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
+    save_hf_checkpoint(model, tokenizer, args.model_dir, {"toy_world": vars(args)})
+    params = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"rows": sizes, "model_dir": args.model_dir, "parameters": params, "vocab": len(tokenizer)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Step 4: evaluation of stated confidence (calibration metrics and plots)."""

@@ -1,0 +1,1 @@
+"""Shared package of the CONQORD pipeline: flags, DeepSpeed config, LoRA, models, data, rewards."""

@@ -1,0 +1,197 @@
+"""Command-line flags, grouped by concern and defined once for all steps (the authors' names kept).
+
+Each step's ``main.py`` builds its parser from these groups; :func:`check_args` refuses bad values
+at start with a message that names the flag.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from utils.ds_config import DTYPES
+from utils.reward import REDUCTIONS
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
+def _data_split(text: str) -> list[float]:
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expects three non-negative weights such as 10,0,0 (step 1, 2, 3), got {text!r}")
+    return parts
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--data_path", nargs="+", required=True,
+                   help="Local folders/files (jsonl, json, csv, parquet) or hub dataset names.")
+    g.add_argument("--data_split", type=_data_split, default=[2.0, 4.0, 4.0],
+                   help="Share of each dataset's train split given to steps 1,2,3 (DeepSpeed-Chat's flag).")
+    g.add_argument("--data_output_path", default=None,
+                   help="Cache folder for the datasets library (DeepSpeed-Chat's flag).")
+    g.add_argument("--max_seq_len", type=_positive(int), default=512)
+    g.add_argument("--max_train_examples", type=_positive(int), default=None,
+                   help="Use at most this many training examples (quick runs).")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model_name_or_path", required=True, help="HF folder or hub name of the starting model.")
+    g.add_argument("--tokenizer_name_or_path", default=None, help="Defaults to the model's own tokenizer.")
+    g.add_argument("--num_padding_at_beginning", type=int, default=0,
+                   help="Accepted for compatibility; scores are read at the last non-pad token.")
+    g.add_argument("--disable_dropout", action="store_true")
+
+
+def add_training_args(parser: argparse.ArgumentParser, learning_rate: float = 1e-4) -> None:
+    g = parser.add_argument_group("training")
+    g.add_argument("--per_device_train_batch_size", type=_positive(int), default=16)
+    g.add_argument("--per_device_eval_batch_size", type=_positive(int), default=16)
+    g.add_argument("--learning_rate", type=_positive(float), default=learning_rate)
+    g.add_argument("--weight_decay", type=_non_negative_float, default=0.0)
+    g.add_argument("--num_train_epochs", type=_positive(int), default=1)
+    g.add_argument("--max_steps", type=_positive(int), default=None,
+                   help="Stop after this many optimizer steps (overrides epochs).")
+    g.add_argument("--gradient_accumulation_steps", type=_positive(int), default=1)
+    g.add_argument("--lr_scheduler_type", default="cosine",
+                   choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                            "constant_with_warmup"])
+    g.add_argument("--num_warmup_steps", type=int, default=0)
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--eval_interval", type=int, default=0, help="Evaluate every N optimizer steps (0: per epoch).")
+
+
+def add_lora_args(parser: argparse.ArgumentParser, prefix: str = "", default_module: str = "layers.") -> None:
+    """``--lora_dim`` etc.; with ``prefix="actor_"`` → ``--actor_lora_dim`` (step 3)."""
+    g = parser.add_argument_group(f"{prefix}lora")
+    g.add_argument(f"--{prefix}lora_dim", type=int, default=0, help="LoRA rank; 0 trains the full model.")
+    g.add_argument(f"--{prefix}lora_module_name", default=default_module,
+                   help="Linear layers whose name contains this string get an adapter.")
+    g.add_argument(f"--{prefix}lora_learning_rate", type=_positive(float), default=5e-4,
+                   help="Learning rate of the LoRA parameters.")
+    g.add_argument(f"--{prefix}lora_scaling", type=_positive(float), default=1.0,
+                   help="Adapter output is scaled by lora_scaling / lora_dim.")
+    g.add_argument(f"--{prefix}lora_dropout", type=_unit_float, default=0.0)
+
+
+def add_only_optimize_lora(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only_optimize_lora", action="store_true",
+                        help="Train only the LoRA parameters (and scalar heads).")
+
+
+def add_deepspeed_args(parser: argparse.ArgumentParser, prefixes: Sequence[str] = ("",)) -> None:
+    g = parser.add_argument_group("deepspeed")
+    for prefix in prefixes:
+        g.add_argument(f"--{prefix}zero_stage", type=int, choices=[0, 1, 2, 3], default=0)
+    g.add_argument("--offload", action="store_true", help="ZeRO offload of parameters and optimizer to CPU.")
+    g.add_argument("--dtype", choices=DTYPES, default="bf16")
+    g.add_argument("--gradient_clipping", type=_non_negative_float, default=1.0)
+    g.add_argument("--deepspeed", action="store_true", help="Accepted for compatibility: DeepSpeed is always used.")
+    g.add_argument("--local_rank", type=int, default=-1, help="Set by the deepspeed launcher.")
+
+
+def add_logging_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("logging")
+    g.add_argument("--output_dir", required=True, help="Where the final HF checkpoint is written.")
+    g.add_argument("--enable_tensorboard", action="store_true")
+    g.add_argument("--tensorboard_path", default="runs")
+    g.add_argument("--print_loss", action="store_true")
+    g.add_argument("--log_interval", type=_positive(int), default=10)
+
+
+def add_ppo_args(parser: argparse.ArgumentParser) -> None:
+    """Step 3 only: models, rollouts, PPO and the CONQORD reward."""
+    m = parser.add_argument_group("ppo models")
+    m.add_argument("--actor_model_name_or_path", required=True, help="Step-1 checkpoint (also the reference).")
+    m.add_argument("--critic_model_name_or_path", required=True, help="Step-2 checkpoint (critic init).")
+    m.add_argument("--reward_model_name_or_path", default=None,
+                   help="Frozen reward model; defaults to --critic_model_name_or_path.")
+    m.add_argument("--tokenizer_model_name_or_path", default=None, help="Defaults to the actor's tokenizer.")
+    m.add_argument("--num_padding_at_beginning", type=int, default=0,
+                   help="Accepted for compatibility; scores are read at the last non-pad token.")
+    m.add_argument("--disable_actor_dropout", action="store_true")
+    m.add_argument("--offload_reference_model", action="store_true")
+    m.add_argument("--enable_hybrid_engine", action="store_true",
+                   help="DeepSpeed Hybrid Engine for generation (GPU only; known broken for Llama-2 + ZeRO-3).")
+    m.add_argument("--actor_gradient_checkpointing", action="store_true")
+    m.add_argument("--critic_gradient_checkpointing", action="store_true")
+
+    t = parser.add_argument_group("ppo training")
+    t.add_argument("--per_device_generation_batch_size", type=_positive(int), default=16)
+    t.add_argument("--per_device_training_batch_size", type=_positive(int), default=16)
+    t.add_argument("--generation_batches", type=_positive(int), default=1)
+    t.add_argument("--ppo_epochs", type=_positive(int), default=1)
+    t.add_argument("--num_train_epochs", type=_positive(int), default=1)
+    t.add_argument("--max_steps", type=_positive(int), default=None, help="Stop after this many rollout batches.")
+    t.add_argument("--gradient_accumulation_steps", type=_positive(int), default=1)
+    t.add_argument("--actor_learning_rate", type=_positive(float), default=1e-6)
+    t.add_argument("--critic_learning_rate", type=_positive(float), default=1e-6)
+    t.add_argument("--actor_weight_decay", type=_non_negative_float, default=0.0)
+    t.add_argument("--critic_weight_decay", type=_non_negative_float, default=0.0)
+    t.add_argument("--lr_scheduler_type", default="constant", choices=["constant", "linear", "cosine"])
+    t.add_argument("--num_warmup_steps", type=int, default=0)
+    t.add_argument("--seed", type=int, default=1234)
+    t.add_argument("--kl_ctl", type=_non_negative_float, default=0.1, help="Per-token KL penalty to the reference.")
+    t.add_argument("--clip_reward_value", type=_positive(float), default=5.0)
+    t.add_argument("--cliprange", type=_positive(float), default=0.2)
+    t.add_argument("--cliprange_value", type=_positive(float), default=0.2)
+    t.add_argument("--gamma", type=_unit_float, default=1.0)
+    t.add_argument("--lam", type=_unit_float, default=0.95)
+    t.add_argument("--save_interval", type=int, default=0, help="Save a resumable checkpoint every N steps (0: never).")
+    t.add_argument("--resume", action="store_true", help="Continue from the last resumable checkpoint in --output_dir.")
+
+    g = parser.add_argument_group("generation")
+    g.add_argument("--max_prompt_seq_len", type=_positive(int), default=256)
+    g.add_argument("--max_answer_seq_len", type=_positive(int), default=256)
+    g.add_argument("--temperature", type=_positive(float), default=1.0)
+    g.add_argument("--top_p", type=_unit_float, default=1.0)
+    g.add_argument("--greedy_rollouts", action="store_true", help="Greedy rollouts (the authors' setting).")
+
+    r = parser.add_argument_group("conqord reward")
+    r.add_argument("--alpha", type=_non_negative_float, default=0.5, help="Weight of the alignment reward R_A.")
+    r.add_argument("--align_reward_scope", choices=["global", "device"], default="global",
+                   help="R_A over the rollouts of all ranks (global) or of this rank only (the authors').")
+    r.add_argument("--align_reward_reduction", choices=list(REDUCTIONS), default="mean",
+                   help="mean: divide R_A by the rollouts in scope; sum: the authors' form.")
+    r.add_argument("--quality_reward", choices=["model", "oracle"], default="model",
+                   help="Quality r from the reward model, or exact match against the gold answers (toy world).")
+    r.add_argument("--score_with_confidence", action="store_true",
+                   help="Let the reward model see the confidence text (the authors' effective behaviour).")
+    r.add_argument("--missing_confidence", type=_unit_float, default=0.0,
+                   help="Confidence used when a rollout states none (the authors: 1.0 in training).")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refusals that involve more than one flag."""
+    if getattr(args, "offload", False) and getattr(args, "zero_stage", 3) == 0 \
+            and getattr(args, "actor_zero_stage", 3) == 0:
+        raise SystemExit("error: --offload needs ZeRO stage >= 1 (set --zero_stage / --actor_zero_stage)")
+    for prefix in ("", "actor_", "critic_"):
+        dim = getattr(args, f"{prefix}lora_dim", None)
+        if dim is not None and dim < 0:
+            raise SystemExit(f"error: --{prefix}lora_dim must be >= 0, got {dim}")

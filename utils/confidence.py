@@ -1,0 +1,95 @@
+"""The one confidence parser (training and evaluation alike) and the stripping of the confidence span.
+
+Conventions
+-----------
+* Accepted forms after ``### Confidence:``: ``0.9``, ``.9``, ``1``, ``1.0.``, ``90%`` (percent is
+  divided by 100). Values outside [0, 1] are clamped (status ``clamped``).
+* No ``### Confidence`` tag gives status ``missing``; a tag with no number after it gives
+  ``malformed``. Both have ``value=None``; :func:`resolve_confidence` turns them into the documented
+  :data:`MISSING_CONFIDENCE` (0.0: "stated no confidence" counts as "no confidence") or the value of
+  ``--missing_confidence``. The authors used 1.0 in training and 0.0 in evaluation; we use one value
+  in both places.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Literal, Sequence
+
+MISSING_CONFIDENCE = 0.0
+
+Status = Literal["ok", "clamped", "missing", "malformed"]
+
+_TAG_RE = re.compile(r"#+\s*Confidence\s*:?", re.IGNORECASE)
+_VALUE_RE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(%)?")
+# Where the answer ends: the confidence tag, or any next "###" block the model starts on its own.
+_ANSWER_END_RE = re.compile(r"\n?\s*#{2,}")
+
+
+@dataclass(frozen=True)
+class ParsedConfidence:
+    value: float | None
+    status: Status
+
+
+def parse_confidence(text: str) -> ParsedConfidence:
+    """Parse the first confidence statement in a generated response (see module conventions)."""
+    tag = _TAG_RE.search(text)
+    if tag is None:
+        return ParsedConfidence(None, "missing")
+    number = _VALUE_RE.match(text, tag.end())
+    if number is None:
+        return ParsedConfidence(None, "malformed")
+    value = float(number.group(1)) / (100.0 if number.group(2) else 1.0)
+    clamped = min(max(value, 0.0), 1.0)
+    return ParsedConfidence(clamped, "ok" if clamped == value else "clamped")
+
+
+def resolve_confidence(parsed: ParsedConfidence, missing_value: float = MISSING_CONFIDENCE) -> float:
+    """The number used for rewards and metrics: the parsed value, or the missing-value policy."""
+    return missing_value if parsed.value is None else parsed.value
+
+
+def count_statuses(parsed: Iterable[ParsedConfidence]) -> dict[str, int]:
+    """Counts per status (always all four keys), for logging parse failures."""
+    counts = Counter(p.status for p in parsed)
+    return {status: counts.get(status, 0) for status in ("ok", "clamped", "missing", "malformed")}
+
+
+def parse_failure_rate(parsed: Sequence[ParsedConfidence]) -> float:
+    """Share of responses whose confidence is missing or malformed."""
+    if not parsed:
+        return 0.0
+    return sum(p.value is None for p in parsed) / len(parsed)
+
+
+def extract_answer(text: str) -> str:
+    """The answer text of a response: everything before the confidence tag or the next block."""
+    end = _ANSWER_END_RE.search(text)
+    answer = text if end is None else text[: end.start()]
+    return answer.strip()
+
+
+def confidence_cut_index(token_ids: Sequence[int], tokenizer) -> int:
+    """Number of leading response tokens that belong to the answer (the confidence span removed).
+
+    Works on token ids for any tokenizer: the character where the confidence tag starts is found in
+    the decoded text, then the shortest token prefix that decodes to the whole answer is kept (binary
+    search over prefix lengths, since a prefix's decoded length grows with its length), so the
+    whitespace before the tag goes too. Without a tag, every token is kept.
+    """
+    ids = list(token_ids)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    tag = _TAG_RE.search(text)
+    if tag is None:
+        return len(ids)
+    answer_chars = len(text[: tag.start()].rstrip())
+    low, high = 0, len(ids)
+    while low < high:
+        mid = (low + high) // 2
+        if len(tokenizer.decode(ids[:mid], skip_special_tokens=True).rstrip()) >= answer_chars:
+            high = mid
+        else:
+            low = mid + 1
+    return low

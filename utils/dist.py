@@ -1,0 +1,91 @@
+"""Process-group helpers: start-up (gloo on CPU, nccl on GPU), rank-0 printing, variable-size gather."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def print_rank0(*args, **kwargs) -> None:
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_distributed(local_rank: int = -1) -> torch.device:
+    """Start the process group through DeepSpeed (also in one process) and return this rank's device.
+
+    A plain ``python -m`` run gets the single-process defaults DeepSpeed expects; launchers
+    (``deepspeed``, ``torchrun``) set these variables themselves.
+    """
+    import deepspeed
+
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
+        os.environ.setdefault(key, value)
+    if local_rank < 0:
+        local_rank = int(os.environ["LOCAL_RANK"])
+    if not is_distributed():
+        deepspeed.init_distributed(dist_backend=default_backend())
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def all_gather_variable(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Concatenate a 1-D tensor over ranks (sizes may differ); also return where this rank's part starts."""
+    if not is_distributed() or world_size() == 1:
+        return tensor, 0
+    size = torch.tensor([tensor.numel()], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    padded = torch.zeros(max(counts), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.numel()] = tensor
+    parts = [torch.zeros_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    gathered = torch.cat([part[:count] for part, count in zip(parts, counts)])
+    return gathered, sum(counts[: rank()])
+
+
+def all_reduce_mean(value: float, device: torch.device | None = None) -> float:
+    """Mean of a Python number over ranks (for logging)."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.item() / world_size()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

@@ -1,0 +1,63 @@
+"""CONQORD's dual reward: quality plus the order-preserving alignment reward.
+
+``R_A(i) = Σ_j (r_i − r_j)(c_i − c_j)`` over the rollouts in scope (``c`` = stated confidence);
+``reduction="mean"`` divides by the number of rollouts in scope, so ``alpha`` means the same at any
+batch size; ``"sum"`` is the authors' form. The total is ``clip(r + alpha·R_A, ±clip)``.
+
+With the sum, ``∂R_i/∂r_i = 1 + alpha·Σ_j (c_i − c_j)`` (divided by N with the mean). Where that is
+negative, a better answer earns a *lower* reward: the reward pays the model to answer worse when it
+states a low confidence. :func:`wrong_way_share` measures how often that happens in a batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Reduction = Literal["mean", "sum"]
+REDUCTIONS: tuple[str, ...] = ("mean", "sum")
+
+
+def _scale(n: int, reduction: Reduction) -> float:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return 1.0 / n if reduction == "mean" else 1.0
+
+
+def alignment_reward(quality: torch.Tensor, confidence: torch.Tensor,
+                     reduction: Reduction = "mean") -> torch.Tensor:
+    """``R_A`` for every rollout of a 1-D batch; zero for a batch of one (nothing to order against)."""
+    if quality.shape != confidence.shape or quality.dim() != 1:
+        raise ValueError(f"quality {tuple(quality.shape)} and confidence {tuple(confidence.shape)} "
+                         "must be 1-D and of the same length")
+    pairwise = (quality[:, None] - quality[None, :]) * (confidence[:, None] - confidence[None, :])
+    return pairwise.sum(dim=1) * _scale(quality.numel(), reduction)
+
+
+def quality_gradient(confidence: torch.Tensor, alpha: float, reduction: Reduction = "mean") -> torch.Tensor:
+    """``∂R_i/∂r_i = 1 + alpha·Σ_j (c_i − c_j)`` (times 1/N for the mean), before clipping."""
+    spread = confidence.numel() * confidence - confidence.sum()
+    return 1.0 + alpha * spread * _scale(confidence.numel(), reduction)
+
+
+def wrong_way_share(confidence: torch.Tensor, alpha: float, reduction: Reduction = "mean") -> float:
+    """Share of rollouts for which a better answer would earn a lower total reward."""
+    return (quality_gradient(confidence, alpha, reduction) < 0).float().mean().item()
+
+
+@dataclass(frozen=True)
+class DualReward:
+    quality: torch.Tensor
+    alignment: torch.Tensor
+    total: torch.Tensor  # clipped
+
+
+def dual_reward(quality: torch.Tensor, confidence: torch.Tensor, alpha: float,
+                reduction: Reduction = "mean", clip: float = 5.0) -> DualReward:
+    """``R = clip(r + alpha·R_A, ±clip)`` for every rollout of the batch."""
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    align = alignment_reward(quality, confidence, reduction)
+    total = torch.clamp(quality + alpha * align, -clip, clip)
+    return DualReward(quality=quality, alignment=align, total=total)

@@ -1,0 +1,215 @@
+"""The embedded toy world: made-up facts seen with Zipf-skewed frequency, a local tokenizer, a tiny Llama.
+
+Why facts and not arithmetic: a tiny model learns multi-digit addition in a sudden, seed-dependent
+jump, so its accuracy is graded only mid-training. Facts about made-up countries, each country seen
+in SFT with a frequency that falls off as ``1/rank^s``, stay graded at the end of SFT: frequent
+facts are memorised, rare ones are not, unseen ones can only be guessed. Whether the model *knows*
+a fact is then a property of the model, which is what CONQORD's confidence should track. The fact
+statements double as the passage corpus for adaptive retrieval.
+
+Files (under ``out_dir``): ``step1_sft/{train,test}.jsonl`` (prompt, response with a confidence drawn
+uniformly from 0.0-1.0 and independent of correctness), ``step2_reward/{train,test}.jsonl`` (prompt,
+chosen = the true answer, rejected = a false one), ``step3_ppo/{train,test}.jsonl`` (prompt, answers),
+``eval/test.jsonl`` (question, answers, difficulty, sft_count), ``corpus.jsonl`` (id, text) and
+``facts.jsonl``. Countries are dealt into pools: PPO prompts and evaluation questions ask about
+disjoint countries, so evaluation measures calibration that generalises, not facts PPO taught.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+from utils.prompts import build_prompt, format_response
+
+RELATIONS = {
+    "color": ("What color is the flag of {e}?", "The flag of {e} is {a}.",
+              ["red", "blue", "green", "yellow", "purple", "orange", "white", "black", "silver", "gold"]),
+    "animal": ("Which animal is the emblem of {e}?", "The emblem of {e} is the {a}.",
+               ["lion", "eagle", "wolf", "bear", "fox", "owl", "horse", "snake", "tiger", "deer", "hawk", "whale"]),
+    "capital": ("What is the capital of {e}?", "The capital of {e} is {a}.", None),
+}
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "tr", "th"]
+_VOWELS = ["a", "e", "i", "o", "u", "ai", "ou"]
+_CODAS = ["", "", "n", "r", "l", "s", "th", "x"]
+DIFFICULTIES = ("easy", "medium", "hard")
+SPECIAL_TOKENS = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
+
+
+@dataclass(frozen=True)
+class ToyWorldConfig:
+    seed: int = 0
+    n_countries: int = 400
+    n_capitals: int = 24
+    zipf_exponent: float = 1.0
+    sft_examples: int = 12000
+    reward_pairs: int = 6000
+    test_fraction: float = 0.05
+    easy_min_count: int = 8  # a fact seen at least this often in SFT is "easy"
+    hard_max_count: int = 1  # at most this often: "hard"
+
+
+@dataclass(frozen=True)
+class Fact:
+    country: str
+    rank: int
+    relation: str
+    answer: str
+    pool: str  # "ppo" or "eval": which prompts may ask about it
+
+    @property
+    def question(self) -> str:
+        return RELATIONS[self.relation][0].format(e=self.country)
+
+    @property
+    def statement(self) -> str:
+        return RELATIONS[self.relation][1].format(e=self.country, a=self.answer)
+
+
+def _names(rng: random.Random, n: int, syllables: tuple[int, int], taken: set[str]) -> list[str]:
+    names: list[str] = []
+    while len(names) < n:
+        parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+                 for _ in range(rng.randint(*syllables))]
+        name = "".join(parts).capitalize()
+        if name not in taken:
+            taken.add(name)
+            names.append(name)
+    return names
+
+
+def make_facts(config: ToyWorldConfig) -> list[Fact]:
+    rng = random.Random(config.seed)
+    taken: set[str] = set()
+    countries = _names(rng, config.n_countries, (2, 3), taken)
+    capitals = _names(rng, config.n_capitals, (2, 2), taken)
+    facts = []
+    for rank, country in enumerate(countries, start=1):
+        pool = "eval" if rank % 4 == 2 else "ppo"  # every fourth country is kept for evaluation
+        for relation, (_, _, values) in RELATIONS.items():
+            facts.append(Fact(country, rank, relation, rng.choice(values or capitals), pool))
+    return facts
+
+
+def _zipf_sample(rng: random.Random, facts: list[Fact], k: int, exponent: float) -> list[Fact]:
+    weights = [1.0 / fact.rank ** exponent for fact in facts]
+    return rng.choices(facts, weights=weights, k=k)
+
+
+def _wrong_answer(rng: random.Random, fact: Fact, capitals: list[str]) -> str:
+    values = RELATIONS[fact.relation][2] or capitals
+    return rng.choice([v for v in values if v != fact.answer])
+
+
+def difficulty(count: int, config: ToyWorldConfig) -> str:
+    if count >= config.easy_min_count:
+        return "easy"
+    return "hard" if count <= config.hard_max_count else "medium"
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def _train_test(rows: list[dict], fraction: float, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    rows = rows[:]
+    rng.shuffle(rows)
+    cut = max(1, int(len(rows) * fraction))
+    return rows[cut:], rows[:cut]
+
+
+def generate(out_dir: str | os.PathLike, config: ToyWorldConfig = ToyWorldConfig()) -> dict[str, int]:
+    """Write every data file of the toy world; return the row counts."""
+    rng = random.Random(config.seed + 1)
+    out = Path(out_dir)
+    facts = make_facts(config)
+    capitals = sorted({f.answer for f in facts if f.relation == "capital"})
+    sft_facts = _zipf_sample(rng, facts, config.sft_examples, config.zipf_exponent)
+    counts = Counter(sft_facts)
+    confidences = [round(rng.randint(0, 10) / 10, 1) for _ in sft_facts]
+    sft_rows = [{"prompt": build_prompt(f.question), "response": format_response(f.answer, c)}
+                for f, c in zip(sft_facts, confidences)]
+    sft_train, sft_test = _train_test(sft_rows, config.test_fraction, rng)
+
+    rm_facts = _zipf_sample(rng, [f for f in facts if f.pool == "ppo"], config.reward_pairs, config.zipf_exponent)
+    rm_rows = [{"prompt": build_prompt(f.question), "chosen": format_response(f.answer, None),
+                "rejected": format_response(_wrong_answer(rng, f, capitals), None)} for f in rm_facts]
+    rm_train, rm_test = _train_test(rm_rows, config.test_fraction, rng)
+
+    def qa_row(fact: Fact) -> dict:
+        return {"prompt": build_prompt(fact.question), "question": fact.question, "answers": [fact.answer],
+                "difficulty": difficulty(counts[fact], config), "sft_count": counts[fact],
+                "relation": fact.relation}
+
+    ppo_rows = [qa_row(f) for f in facts if f.pool == "ppo"]
+    ppo_train, ppo_test = _train_test(ppo_rows, config.test_fraction, rng)
+    sizes = {
+        "step1_sft/train": _write_jsonl(out / "step1_sft/train.jsonl", sft_train),
+        "step1_sft/test": _write_jsonl(out / "step1_sft/test.jsonl", sft_test),
+        "step2_reward/train": _write_jsonl(out / "step2_reward/train.jsonl", rm_train),
+        "step2_reward/test": _write_jsonl(out / "step2_reward/test.jsonl", rm_test),
+        "step3_ppo/train": _write_jsonl(out / "step3_ppo/train.jsonl", ppo_train),
+        "step3_ppo/test": _write_jsonl(out / "step3_ppo/test.jsonl", ppo_test),
+        "eval/test": _write_jsonl(out / "eval/test.jsonl", (qa_row(f) for f in facts if f.pool == "eval")),
+        "corpus": _write_jsonl(out / "corpus.jsonl", ({"id": f"fact-{i}", "text": f.statement}
+                                                      for i, f in enumerate(facts))),
+        "facts": _write_jsonl(out / "facts.jsonl", ({**asdict(f), "sft_count": counts[f],
+                                                     "difficulty": difficulty(counts[f], config)} for f in facts)),
+    }
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    return sizes
+
+
+def corpus_texts(out_dir: str | os.PathLike) -> Iterable[str]:
+    """Every text of the generated world (the tokenizer's training corpus)."""
+    out = Path(out_dir)
+    for name in ("step1_sft/train", "step2_reward/train", "corpus"):
+        with (out / f"{name}.jsonl").open(encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                yield " ".join(str(v) for v in row.values())
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained on the world's texts, wrapped for transformers (adds BOS)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos = SPECIAL_TOKENS["bos"]
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                       special_tokens=[(bos, tok.token_to_id(bos))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=SPECIAL_TOKENS["eos"],
+                                   pad_token=SPECIAL_TOKENS["pad"], unk_token=SPECIAL_TOKENS["unk"])
+
+
+def create_tiny_llama(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+                      max_positions: int = 128, seed: int = 0):
+    """A randomly initialised Llama-config causal LM sized to the tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 3,
+                         num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                         num_key_value_heads=num_heads, max_position_embeddings=max_positions,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
