@@ -55,8 +55,10 @@ import numpy.typing as npt
 from scipy import stats
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-# Same documented value as the training code: a missing stated confidence counts as 0.
-MISSING_CONFIDENCE_DEFAULT = 0.0
+from utils.confidence import MISSING_CONFIDENCE
+
+# The training code's documented value (0.0): a missing stated confidence counts as no confidence.
+MISSING_CONFIDENCE_DEFAULT = MISSING_CONFIDENCE
 CI_METRICS = ("accuracy", "ece", "auroc", "spearman", "brier")
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
@@ -193,7 +195,7 @@ def prr(confidence: npt.ArrayLike, correct: npt.ArrayLike) -> float:
     conf, corr = _validate(confidence, correct)
     if corr.min() == corr.max():
         return math.nan
-    random_aurc = 0.5
+    random_aurc = 1.0 - corr.mean()
     oracle_aurc = aurc(corr.astype(float), corr)
     return float((random_aurc - aurc(conf, corr)) / (random_aurc - oracle_aurc))
 

@@ -1,0 +1,169 @@
+"""What steps 1 and 2 share: seeding, optimizer groups, the DeepSpeed engine, loaders, the train loop."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from utils import dist
+from utils.lora import is_lora_parameter
+
+NO_DECAY = ("bias", "norm.weight", "layernorm.weight", "ln_f.weight")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float, lora_lr: float) -> list[dict[str, Any]]:
+    """Decay for weights only; LoRA parameters get their own learning rate (DeepSpeed-Chat's grouping)."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not any(key in name.lower() for key in NO_DECAY)
+        groups.setdefault((decay, is_lora_parameter(name)), []).append(param)
+    out = []
+    for (decay, lora), params in groups.items():
+        group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        if lora:
+            group["lr"] = lora_lr
+        out.append(group)
+    return out
+
+
+def build_engine(model: nn.Module, ds_config: dict[str, Any], *, learning_rate: float, weight_decay: float,
+                 lora_learning_rate: float, scheduler: str, warmup_steps: int, total_steps: int):
+    """A DeepSpeed engine with a torch AdamW client optimizer and a transformers LR schedule."""
+    import deepspeed
+    from transformers import get_scheduler
+
+    groups = optimizer_groups(model, weight_decay, lora_learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95))
+    lr_scheduler = get_scheduler(scheduler, optimizer=optimizer, num_warmup_steps=warmup_steps,
+                                 num_training_steps=max(total_steps, 1))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                      config=ds_config, dist_init_required=False)
+    return engine
+
+
+def build_frozen_engine(model: nn.Module, ds_config: dict[str, Any]):
+    """A DeepSpeed engine for a model that is only evaluated (reference, reward model)."""
+    import deepspeed
+
+    model.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=model, config=ds_config, dist_init_required=False)
+    engine.eval()
+    return engine
+
+
+def make_loader(dataset: Dataset, batch_size: int, collate: Callable, shuffle: bool, seed: int) -> DataLoader:
+    """Each rank reads its share; the sampler pads so every rank runs the same number of steps
+    (ZeRO-3's collectives hang otherwise)."""
+    sampler = DistributedSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(),
+                                 shuffle=shuffle, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+
+
+class Logger:
+    """TensorBoard (tensorboardX) scalars and printed lines, on rank 0 only."""
+
+    def __init__(self, enabled: bool, path: str, name: str):
+        self.writer = None
+        if enabled and dist.is_main():
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(path, name))
+
+    def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                if value is not None and math.isfinite(value):
+                    self.writer.add_scalar(f"{prefix}{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    seconds: float = 0.0
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+
+
+def steps_per_epoch(loader: DataLoader, accumulation: int) -> int:
+    return max(len(loader) // accumulation, 1)
+
+
+def train_loop(engine, loader: DataLoader, loss_fn: Callable[[Any, dict], torch.Tensor],
+               evaluate: Callable[[], dict[str, float]], *, epochs: int, max_steps: int | None,
+               eval_interval: int, logger: Logger, print_loss: bool, log_interval: int) -> TrainResult:
+    """Plain epoch loop; ``engine.step()`` applies the update at each accumulation boundary."""
+    result = TrainResult()
+    start = time.time()
+    device = engine.device
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        engine.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=None if dist.is_main() else True, leave=False)
+        for batch in bar:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = loss_fn(engine, batch)
+            engine.backward(loss)
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.step()
+            if not boundary:
+                continue
+            result.steps += 1
+            if result.steps % log_interval == 0:
+                value = dist.all_reduce_mean(loss.item(), device)
+                logger.scalars({"loss": value, "lr": engine.get_lr()[0]}, result.steps, "train/")
+                bar.set_postfix(loss=f"{value:.4f}")
+                if print_loss:
+                    dist.print_rank0(f"epoch {epoch + 1} step {result.steps} loss {value:.4f}")
+            if eval_interval and result.steps % eval_interval == 0:
+                _record(result, evaluate(), logger, engine)
+            if max_steps is not None and result.steps >= max_steps:
+                break
+        if not eval_interval:
+            _record(result, evaluate(), logger, engine)
+        if max_steps is not None and result.steps >= max_steps:
+            break
+    if eval_interval:
+        _record(result, evaluate(), logger, engine)
+    result.seconds = time.time() - start
+    return result
+
+
+def _record(result: TrainResult, metrics: dict[str, float], logger: Logger, engine) -> None:
+    engine.train()
+    metrics = {"step": result.steps, **metrics}
+    result.evaluations.append(metrics)
+    logger.scalars(metrics, result.steps, "eval/")
+    dist.print_rank0("eval " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in metrics.items()))
+
+
+def batched(items: Iterable, size: int) -> Iterable[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
