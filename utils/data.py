@@ -112,8 +112,11 @@ def phase_indices(n: int, data_split: Sequence[float], phase: int, seed: int) ->
 
 
 def load_phase_data(paths: Sequence[str], data_split: Sequence[float], phase: int, required: Sequence[str],
-                    seed: int, cache_dir: str | None = None, max_train: int | None = None):
-    """Train and eval sets of one step over all ``--data_path`` entries, refused when empty."""
+                    seed: int, cache_dir: str | None = None, max_train: int | None = None,
+                    optional: Sequence[str] = ()):
+    """Train and eval sets of one step over all ``--data_path`` entries, refused when empty.
+
+    ``optional`` columns are kept where every dataset has them."""
     import datasets
 
     trains, evals = [], []
@@ -125,13 +128,14 @@ def load_phase_data(paths: Sequence[str], data_split: Sequence[float], phase: in
         test = load_split(path, "test", required, cache_dir)
         if test is not None:
             evals.append(test)
-    train = datasets.concatenate_datasets(trains).select_columns(list(required))
+    columns = list(required) + [c for c in optional if c not in required and all(c in t.column_names for t in trains)]
+    train = datasets.concatenate_datasets(trains).select_columns(columns)
     if max_train is not None:
         train = train.select(range(min(max_train, len(train))))
     if len(train) == 0:
         raise DataError(f"--data_path {' '.join(paths)} with --data_split {data_split}: "
                         f"no training rows for step {phase + 1}; check the split weights")
-    evaluation = datasets.concatenate_datasets(evals).select_columns(list(required)) if evals else None
+    evaluation = datasets.concatenate_datasets(evals).select_columns(columns) if evals else None
     return train, evaluation
 
 

@@ -86,11 +86,16 @@ def is_lora_parameter(name: str) -> bool:
 
 @contextlib.contextmanager
 def _gathered(params: list[nn.Parameter], modify: bool):
-    """Full parameters inside the block under ZeRO-3 (rank 0's edits are broadcast); a no-op otherwise."""
-    if any(hasattr(p, "ds_id") for p in params):
+    """Full parameters inside the block under ZeRO-3 (rank 0's edits are kept and broadcast).
+
+    Parameters already gathered by an enclosing block (generation) are left alone: re-gathering them
+    here would re-partition them on exit, under the enclosing block's feet.
+    """
+    from_zero = [p for p in params if hasattr(p, "ds_id")]
+    if from_zero and any(p.ds_status.name == "NOT_AVAILABLE" for p in from_zero):
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
+        with deepspeed.zero.GatheredParameters(from_zero, modifier_rank=0 if modify else None):
             yield
     else:
         yield

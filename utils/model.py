@@ -116,9 +116,15 @@ def _backbone(model: nn.Module) -> nn.Module:
     return getattr(model, model.base_model_prefix)
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as ``generate`` uses them."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
 def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The scalar head at every position, shape (batch, seq): the critic's values."""
-    hidden = _backbone(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = _backbone(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                              position_ids=position_ids(attention_mask)).last_hidden_state
     return model.score(hidden).squeeze(-1)
 
 
@@ -141,8 +147,10 @@ def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                 state[name] = param.data.detach().cpu().clone()
         else:
             state[name] = param.detach().cpu().clone()
+    persistent = model.state_dict().keys()  # non-persistent buffers (rotary tables) are not weights
     for name, buffer in model.named_buffers():
-        state.setdefault(name, buffer.detach().cpu().clone())
+        if name in persistent:
+            state.setdefault(name, buffer.detach().cpu().clone())
     return state
 
 

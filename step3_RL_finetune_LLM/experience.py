@@ -1,0 +1,159 @@
+"""Rollouts and their rewards: sample, parse the confidence, score quality, the CONQORD dual reward."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+
+from step3_RL_finetune_LLM.ppo import gae, gather_log_probs, token_rewards
+from step4_evaluation.judges import exact_match
+from utils import dist
+from utils.confidence import (ParsedConfidence, confidence_cut_index, extract_answer, parse_confidence,
+                              parse_failure_rate, resolve_confidence)
+from utils.data import pad_batch
+from utils.generation import GenerationSettings, generate, response_ids
+from utils.lora import lora_fused
+from utils.model import position_ids, sequence_scores, token_values, unwrapped_for_generation
+from utils.reward import dual_reward, wrong_way_share
+
+
+@dataclass
+class RewardSettings:
+    alpha: float
+    scope: str  # "global" | "device"
+    reduction: str  # "mean" | "sum"
+    clip: float
+    quality: str  # "model" | "oracle"
+    score_with_confidence: bool
+    missing_confidence: float
+    kl_ctl: float
+    gamma: float
+    lam: float
+
+
+@dataclass
+class Experience:
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_width: int
+    mask: torch.Tensor  # response positions
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def response_log_probs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
+    """log π of every response token (positions ``prompt_width…``), shape (batch, response_len)."""
+    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                   use_cache=False).logits
+    return gather_log_probs(logits[:, prompt_width - 1:-1], sequences[:, prompt_width:])
+
+
+def response_values(critic, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
+    """The critic's value of the state before each response token."""
+    return token_values(critic, sequences, attention_mask)[:, prompt_width - 1:-1]
+
+
+def oracle_quality(answers: Sequence[str], golds: Sequence[Sequence[str]]) -> torch.Tensor:
+    """Exact-match correctness (1.0 / 0.0) as the quality reward (toy world)."""
+    return torch.tensor([float(exact_match(a, g)) for a, g in zip(answers, golds)])
+
+
+def reward_model_inputs(prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], cuts: Sequence[int],
+                        eos_id: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """``prompt + answer + EOS`` per rollout (right-padded), as the reward model was trained on."""
+    rows = [list(p) + list(r[:cut]) + ([eos_id] if not r[:cut] or r[:cut][-1] != eos_id else [])
+            for p, r, cut in zip(prompt_ids, responses, cuts)]
+    return {"input_ids": pad_batch(rows, pad_id), "attention_mask": pad_batch([[1] * len(r) for r in rows], 0)}
+
+
+def scoped_dual_reward(quality: torch.Tensor, confidence: torch.Tensor, settings: RewardSettings) -> dict:
+    """The dual reward over the rollouts in scope: all ranks' (gathered) or this rank's; returns this
+    rank's rewards and batch diagnostics computed over the same scope."""
+    offset, scope_q, scope_c = 0, quality, confidence
+    if settings.scope == "global":
+        scope_q, offset = dist.all_gather_variable(quality)
+        scope_c, _ = dist.all_gather_variable(confidence)
+    reward = dual_reward(scope_q, scope_c, settings.alpha, settings.reduction, settings.clip)
+    mine = slice(offset, offset + quality.numel())
+    spearman = np.nan
+    if scope_q.unique().numel() > 1 and scope_c.unique().numel() > 1:
+        spearman = stats.spearmanr(scope_q.cpu().numpy(), scope_c.cpu().numpy()).statistic
+    return {"total": reward.total[mine], "alignment": reward.alignment[mine], "scope_size": scope_q.numel(),
+            "wrong_way_share": wrong_way_share(scope_c, settings.alpha, settings.reduction) if settings.alpha > 0 else 0.0,
+            "spearman_quality_confidence": float(spearman)}
+
+
+class ExperienceMaker:
+    def __init__(self, engines, tokenizer, generation: GenerationSettings, settings: RewardSettings):
+        self.engines, self.tokenizer, self.generation, self.settings = engines, tokenizer, generation, settings
+        self._warned_wrong_way = False
+
+    @torch.no_grad()
+    def rollout(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        actor = self.engines.actor
+        with unwrapped_for_generation(actor) as model:
+            model.eval()
+            fused = lora_fused(model) if actor.zero_optimization_stage() == 3 else contextlib.nullcontext(model)
+            with fused:  # folding LoRA into the gathered copy is free of drift; the copy is discarded
+                out = generate(model, prompt_ids, self.generation, self.tokenizer.pad_token_id,
+                               self.tokenizer.eos_token_id)
+        return out
+
+    @torch.no_grad()
+    def make(self, prompt_ids: Sequence[Sequence[int]], golds: Sequence[Sequence[str]] | None) -> Experience:
+        sequences, attention_mask, width = self.rollout(prompt_ids)
+        device = self.engines.actor.device
+        sequences, attention_mask = sequences.to(device), attention_mask.to(device)
+        responses = response_ids(sequences, attention_mask, width)
+        texts = [self.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
+        parsed = [parse_confidence(t) for t in texts]
+        answers = [extract_answer(t) for t in texts]
+        confidence = torch.tensor([resolve_confidence(p, self.settings.missing_confidence) for p in parsed])
+        correct = oracle_quality(answers, golds) if golds is not None else None
+        quality = correct if self.settings.quality == "oracle" else self._model_quality(prompt_ids, responses)
+        reward = scoped_dual_reward(quality.float(), confidence.float(), self.settings)
+
+        self.engines.actor.eval()
+        self.engines.critic.eval()
+        mask = attention_mask[:, width:].float()
+        log_probs = response_log_probs(self.engines.actor, sequences, attention_mask, width)
+        ref_log_probs = response_log_probs(self.engines.ref, sequences, attention_mask, width)
+        values = response_values(self.engines.critic, sequences, attention_mask, width).float()
+        rewards, kl = token_rewards(log_probs, ref_log_probs, reward["total"].to(device), mask, self.settings.kl_ctl)
+        advantages, returns = gae(rewards, values, mask, self.settings.gamma, self.settings.lam)
+        experience = Experience(sequences, attention_mask, width, mask, log_probs, values, advantages, returns)
+        experience.stats = self._stats(quality, confidence, parsed, correct, reward, kl, mask)
+        return experience
+
+    def _model_quality(self, prompt_ids, responses) -> torch.Tensor:
+        cuts = [len(r) if self.settings.score_with_confidence else confidence_cut_index(r, self.tokenizer)
+                for r in responses]
+        batch = reward_model_inputs(prompt_ids, responses, cuts, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        engine = self.engines.reward
+        batch = {k: v.to(engine.device) for k, v in batch.items()}
+        return sequence_scores(engine, batch["input_ids"], batch["attention_mask"]).float().cpu()
+
+    def _stats(self, quality, confidence, parsed: list[ParsedConfidence], correct, reward, kl, mask) -> dict[str, float]:
+        stats_ = {"quality_reward": quality.mean().item(), "alignment_reward": reward["alignment"].mean().item(),
+                  "total_reward": reward["total"].mean().item(), "confidence_mean": confidence.mean().item(),
+                  "parse_failure_rate": parse_failure_rate(parsed), "kl": (kl.sum(1)).mean().item(),
+                  "response_length": mask.sum(1).mean().item(), "wrong_way_share": reward["wrong_way_share"],
+                  "spearman_quality_confidence": reward["spearman_quality_confidence"],
+                  "align_scope_size": float(reward["scope_size"])}
+        if correct is not None:
+            stats_["accuracy"] = correct.mean().item()
+        if stats_["wrong_way_share"] > 0 and not self._warned_wrong_way:
+            self._warned_wrong_way = True
+            warnings.warn(f"{100 * stats_['wrong_way_share']:.0f}% of rollouts have dR/dr < 0: with alpha="
+                          f"{self.settings.alpha} and the '{self.settings.reduction}' reduction the reward pays them "
+                          "to answer worse; lower --alpha or use --align_reward_reduction mean (logged as "
+                          "wrong_way_share)", stacklevel=2)
+        return stats_

@@ -1,0 +1,87 @@
+"""The four models of PPO as DeepSpeed engines: actor and critic train, reference and reward are frozen."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from utils import dist
+from utils.ds_config import eval_ds_config, train_ds_config
+from utils.errors import UserError
+from utils.model import apply_lora, create_causal_lm, create_scalar_model, require_checkpoint
+from utils.training import build_engine, build_frozen_engine
+
+STEP1 = "step 1 (bash step1_supervised_finetuning_LM/run_step1.sh)"
+STEP2 = "step 2 (bash step2_reward_model/run_step2.sh)"
+
+
+@dataclass
+class Engines:
+    actor: Any
+    ref: Any
+    critic: Any
+    reward: Any | None  # None with --quality_reward oracle
+
+
+def _train_config(args: argparse.Namespace, stage: int) -> dict[str, Any]:
+    return train_ds_config(micro_batch_size=args.per_device_training_batch_size,
+                           gradient_accumulation_steps=args.gradient_accumulation_steps,
+                           world_size=dist.world_size(), zero_stage=stage, dtype=args.dtype, offload=args.offload,
+                           gradient_clipping=args.gradient_clipping, enable_hybrid_engine=args.enable_hybrid_engine)
+
+
+def _frozen_config(args: argparse.Namespace, stage: int, offload: bool) -> dict[str, Any]:
+    # Frozen models follow ZeRO-3 when their trained twin uses it, else hold full weights (stage 0).
+    return eval_ds_config(micro_batch_size=args.per_device_training_batch_size, world_size=dist.world_size(),
+                          zero_stage=3 if stage == 3 else 0, dtype=args.dtype, offload=offload)
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    require_checkpoint(args.actor_model_name_or_path, "--actor_model_name_or_path", STEP1)
+    require_checkpoint(args.critic_model_name_or_path, "--critic_model_name_or_path", STEP2)
+    if args.quality_reward == "model":
+        require_checkpoint(args.reward_model_name_or_path or args.critic_model_name_or_path,
+                           "--reward_model_name_or_path", STEP2)
+
+
+def build_engines(args: argparse.Namespace, tokenizer, total_steps: int) -> Engines:
+    actor_config = _train_config(args, args.actor_zero_stage)
+    actor = create_causal_lm(args.actor_model_name_or_path, tokenizer, args.dtype, actor_config,
+                             disable_dropout=args.disable_actor_dropout)
+    if args.actor_gradient_checkpointing:
+        actor.gradient_checkpointing_enable()
+    apply_lora(actor, args.actor_lora_dim, args.actor_lora_module_name, args.actor_lora_scaling,
+               args.actor_lora_dropout, args.only_optimize_lora)
+    actor_engine = build_engine(actor, actor_config, learning_rate=args.actor_learning_rate,
+                                weight_decay=args.actor_weight_decay, lora_learning_rate=args.actor_lora_learning_rate,
+                                scheduler=args.lr_scheduler_type, warmup_steps=args.num_warmup_steps,
+                                total_steps=total_steps)
+
+    ref_config = _frozen_config(args, args.actor_zero_stage, args.offload_reference_model)
+    ref = build_frozen_engine(create_causal_lm(args.actor_model_name_or_path, tokenizer, args.dtype, ref_config,
+                                               disable_dropout=True), ref_config)
+
+    critic_config = _train_config(args, args.critic_zero_stage)
+    critic = create_scalar_model(args.critic_model_name_or_path, tokenizer, args.dtype, critic_config,
+                                 disable_dropout=True)
+    if args.critic_gradient_checkpointing:
+        critic.gradient_checkpointing_enable()
+    apply_lora(critic, args.critic_lora_dim, args.critic_lora_module_name, args.critic_lora_scaling,
+               args.critic_lora_dropout, args.only_optimize_lora)
+    critic_engine = build_engine(critic, critic_config, learning_rate=args.critic_learning_rate,
+                                 weight_decay=args.critic_weight_decay,
+                                 lora_learning_rate=args.critic_lora_learning_rate,
+                                 scheduler=args.lr_scheduler_type, warmup_steps=args.num_warmup_steps,
+                                 total_steps=total_steps)
+
+    reward_engine = None
+    if args.quality_reward == "model":
+        path = args.reward_model_name_or_path or args.critic_model_name_or_path
+        reward_config = _frozen_config(args, args.critic_zero_stage, False)
+        reward_engine = build_frozen_engine(create_scalar_model(path, tokenizer, args.dtype, reward_config,
+                                                                disable_dropout=True), reward_config)
+        if reward_engine.module.config.vocab_size < len(tokenizer):
+            raise UserError(f"--reward_model_name_or_path {path}: its vocabulary ({reward_engine.module.config.vocab_size})"
+                            f" is smaller than the actor's tokenizer ({len(tokenizer)}); use a reward model trained"
+                            " with the actor's tokenizer")
+    return Engines(actor_engine, ref, critic_engine, reward_engine)

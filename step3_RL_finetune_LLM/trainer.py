@@ -1,0 +1,191 @@
+"""Step 3: PPO with the CONQORD dual reward — the loop, the PPO update, logging, saving and resuming."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from step3_RL_finetune_LLM.experience import (Experience, ExperienceMaker, RewardSettings, response_log_probs,
+                                              response_values)
+from step3_RL_finetune_LLM.ppo import actor_loss, critic_loss, masked_mean, whiten
+from step3_RL_finetune_LLM.rlhf_engine import Engines, build_engines, check_inputs
+from utils import args as flags
+from utils import dist
+from utils.data import DataError, encode_prompt, load_phase_data
+from utils.generation import GenerationSettings
+from utils.model import load_tokenizer, save_hf_checkpoint
+from utils.training import Logger, make_loader, set_seed
+
+PHASE = 2
+RESUME_DIR = "resume"
+STATE_FILE = "trainer_state.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="CONQORD step 3: PPO with the dual (quality + order-preserving "
+                                                 "alignment) reward, DeepSpeed.")
+    parser.add_argument("--data_path", nargs="+", required=True, help="Prompt data (prompt, optional answers).")
+    parser.add_argument("--data_split", type=flags._data_split, default=[2.0, 4.0, 4.0])
+    parser.add_argument("--data_output_path", default=None)
+    parser.add_argument("--max_train_examples", type=int, default=None)
+    flags.add_ppo_args(parser)
+    flags.add_lora_args(parser, "actor_")
+    flags.add_lora_args(parser, "critic_")
+    flags.add_only_optimize_lora(parser)
+    flags.add_deepspeed_args(parser, prefixes=("actor_", "critic_"))
+    flags.add_logging_args(parser)
+    parser.add_argument("--whiten_advantages", action="store_true",
+                        help="Normalise advantages over the rollout batch (DeepSpeed-Chat does not).")
+    return parser
+
+
+def reward_settings(args: argparse.Namespace) -> RewardSettings:
+    return RewardSettings(alpha=args.alpha, scope=args.align_reward_scope, reduction=args.align_reward_reduction,
+                          clip=args.clip_reward_value, quality=args.quality_reward,
+                          score_with_confidence=args.score_with_confidence,
+                          missing_confidence=args.missing_confidence, kl_ctl=args.kl_ctl, gamma=args.gamma,
+                          lam=args.lam)
+
+
+def warn_if_alignment_vanishes(args: argparse.Namespace) -> None:
+    in_scope = args.per_device_generation_batch_size * (dist.world_size() if args.align_reward_scope == "global" else 1)
+    if args.alpha > 0 and in_scope < 2:
+        warnings.warn(f"R_A is identically zero: only {in_scope} rollout is in scope (--per_device_generation_batch_size "
+                      f"{args.per_device_generation_batch_size}, --align_reward_scope {args.align_reward_scope}, "
+                      f"{dist.world_size()} rank(s)); the run is plain RLHF. Raise the batch or use the global scope.",
+                      stacklevel=2)
+
+
+def ppo_update(engines: Engines, experience: Experience, args: argparse.Namespace) -> dict[str, float]:
+    """``ppo_epochs`` passes of clipped actor and critic updates over minibatches of the experience."""
+    engines.actor.train()
+    engines.critic.train()
+    advantages = whiten(experience.advantages, experience.mask) if args.whiten_advantages else experience.advantages
+    size, step = experience.sequences.shape[0], args.per_device_training_batch_size
+    losses = {"actor_loss": 0.0, "critic_loss": 0.0}
+    count = 0
+    for _ in range(args.ppo_epochs):
+        for start in range(0, size, step):
+            rows = slice(start, start + step)
+            seq, am, mask = experience.sequences[rows], experience.attention_mask[rows], experience.mask[rows]
+            log_probs = response_log_probs(engines.actor, seq, am, experience.prompt_width)
+            loss = actor_loss(log_probs, experience.log_probs[rows], advantages[rows], mask, args.cliprange)
+            engines.actor.backward(loss)
+            engines.actor.step()
+            values = response_values(engines.critic, seq, am, experience.prompt_width).float()
+            vloss = critic_loss(values, experience.values[rows], experience.returns[rows], mask, args.cliprange_value)
+            engines.critic.backward(vloss)
+            engines.critic.step()
+            losses["actor_loss"] += loss.item()
+            losses["critic_loss"] += vloss.item()
+            count += 1
+    return {k: v / count for k, v in losses.items()}
+
+
+def _prompt_features(row: dict, tokenizer, max_len: int) -> dict:
+    return {"prompt_ids": encode_prompt(tokenizer, row["prompt"], max_len)}
+
+
+def _save_resumable(engines: Engines, out: Path, state: dict) -> None:
+    tag = f"step{state['step']}"
+    for name in ("actor", "critic"):
+        getattr(engines, name).save_checkpoint(str(out / RESUME_DIR / name), tag=tag)
+    if dist.is_main():
+        tmp = out / RESUME_DIR / f"{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, out / RESUME_DIR / STATE_FILE)  # written last: names a complete checkpoint
+    dist.barrier()
+
+
+def _load_resumable(engines: Engines, out: Path) -> dict:
+    file = out / RESUME_DIR / STATE_FILE
+    if not file.is_file():
+        raise DataError(f"--resume: no resumable checkpoint in {out / RESUME_DIR} (it is written every "
+                        "--save_interval steps); drop --resume to start afresh")
+    state = json.loads(file.read_text())
+    for name in ("actor", "critic"):
+        getattr(engines, name).load_checkpoint(str(out / RESUME_DIR / name), tag=f"step{state['step']}")
+    return state
+
+
+def run(args: argparse.Namespace) -> dict:
+    flags.check_args(args)
+    dist.init_distributed(args.local_rank)
+    set_seed(args.seed)
+    check_inputs(args)
+    warn_if_alignment_vanishes(args)
+    tokenizer = load_tokenizer(args.tokenizer_model_name_or_path or args.actor_model_name_or_path, padding_side="left")
+    required = ("prompt", "answers") if args.quality_reward == "oracle" else ("prompt",)
+    prompts, _ = load_phase_data(args.data_path, args.data_split, PHASE, required, args.seed, args.data_output_path,
+                                 args.max_train_examples, optional=("answers",))
+    has_golds = "answers" in prompts.column_names
+    prompts = prompts.map(lambda row: _prompt_features(row, tokenizer, args.max_prompt_seq_len), remove_columns=["prompt"])
+    loader = make_loader(prompts, args.per_device_generation_batch_size, list, True, args.seed)
+    steps_per_epoch = len(loader)
+    total_steps = args.max_steps or steps_per_epoch * args.num_train_epochs
+    updates = total_steps * args.ppo_epochs * -(-args.per_device_generation_batch_size // args.per_device_training_batch_size)
+    engines = build_engines(args, tokenizer, updates // args.gradient_accumulation_steps)
+    generation = GenerationSettings(max_new_tokens=args.max_answer_seq_len, do_sample=not args.greedy_rollouts,
+                                    temperature=args.temperature, top_p=args.top_p)
+    maker = ExperienceMaker(engines, tokenizer, generation, reward_settings(args))
+    out = Path(args.output_dir)
+    state = _load_resumable(engines, out) if args.resume else {"step": 0}
+    logger = Logger(args.enable_tensorboard, args.tensorboard_path, "step3_ppo")
+    log_file = out / "train_log.jsonl"
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            log_file.unlink(missing_ok=True)
+    dist.print_rank0(f"step 3: {len(prompts)} prompts, {steps_per_epoch} rollout batches per epoch, {total_steps} steps, "
+                     f"alpha={args.alpha} ({args.align_reward_reduction}, {args.align_reward_scope}), "
+                     f"quality={args.quality_reward}")
+    start, buffer, step = time.time(), [], state["step"]
+    epochs = -(-total_steps // steps_per_epoch)  # --max_steps may ask for more than --num_train_epochs
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        for index, batch in enumerate(loader):
+            if epoch * steps_per_epoch + index < state["step"]:
+                continue  # consumed before the resumed checkpoint
+            torch.manual_seed(args.seed + step * 1000 + dist.rank())  # resumable, rank-distinct sampling
+            golds = [row["answers"] for row in batch] if has_golds else None
+            buffer.append(maker.make([row["prompt_ids"] for row in batch], golds))
+            step += 1
+            if len(buffer) < args.generation_batches and step < total_steps:
+                continue
+            losses = [ppo_update(engines, experience, args) for experience in buffer]
+            record = _record(buffer, losses, step, epoch, time.time() - start)
+            buffer = []
+            logger.scalars(record, step, "train/")
+            if dist.is_main():
+                with log_file.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            if step % args.log_interval == 0 or step == total_steps:
+                dist.print_rank0(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            if args.save_interval and step % args.save_interval == 0:
+                _save_resumable(engines, out, {"step": step})
+            if step >= total_steps:
+                break
+        if step >= total_steps:
+            break
+    logger.close()
+    summary = {"steps": step, "seconds": round(time.time() - start, 1)}
+    save_hf_checkpoint(engines.actor, tokenizer, out / "actor", {**vars(args), "result": summary}, dist.is_main())
+    save_hf_checkpoint(engines.critic, tokenizer, out / "critic", {**vars(args), "result": summary}, dist.is_main())
+    dist.print_rank0(json.dumps({"step3": summary}))
+    return summary
+
+
+def _record(buffer: list[Experience], losses: list[dict[str, float]], step: int, epoch: int, seconds: float) -> dict:
+    """Means over the buffered experience batches and over ranks."""
+    keys = buffer[0].stats.keys()
+    record: dict = {"step": step, "epoch": epoch, "seconds": round(seconds, 1)}
+    for key in keys:
+        record[key] = dist.all_reduce_mean(sum(e.stats[key] for e in buffer) / len(buffer))
+    for key in losses[0]:
+        record[key] = dist.all_reduce_mean(sum(loss[key] for loss in losses) / len(losses))
+    return record
