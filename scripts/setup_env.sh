@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's Python environment and install what the pipeline and tests need.
+#
+# * Inside an active virtualenv/conda env, installs into it (GPU users: install your CUDA torch first).
+# * Otherwise creates .venv/ in the repo. On a machine without torch it installs torch==2.13.0 first,
+#   which pip takes as a CPU wheel here; a looser requirement would pull a multi-GB CUDA build.
+# Re-running is cheap: nothing is reinstalled while requirements.txt is unchanged.
+# Source it (". scripts/setup_env.sh") to get the environment activated in your shell.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TORCH_CPU_PIN="${CONQORD_TORCH_PIN:-torch==2.13.0}"
+
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${CONDA_PREFIX:-}" ]; then
+  if [ ! -x "$ROOT/.venv/bin/python" ]; then
+    echo "[setup] creating $ROOT/.venv"
+    python3 -m venv "$ROOT/.venv"
+  fi
+  # shellcheck disable=SC1091
+  . "$ROOT/.venv/bin/activate"
+fi
+
+stamp="$(python -c 'import sys; print(sys.prefix)')/.conqord-requirements.sha256"
+wanted="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  python -m pip install --quiet --upgrade pip
+  if ! python -c "import torch" 2>/dev/null; then
+    echo "[setup] installing $TORCH_CPU_PIN"
+    python -m pip install --quiet "$TORCH_CPU_PIN"
+  fi
+  echo "[setup] installing requirements.txt"
+  python -m pip install --quiet -r "$ROOT/requirements.txt"
+  echo "$wanted" > "$stamp"
+fi
+python -c "import torch, deepspeed, transformers; print(f'[setup] torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}')" 2>/dev/null

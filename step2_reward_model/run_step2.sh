@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# CONQORD step 2: reward model (causal LM + scalar head, pairwise loss).
+#   paper recipe (default): hh-rlhf helpful-base, Llama-2-7B, 4 GPUs, ZeRO-3 + offload, LoRA 128.
+#     The authors trained 10 epochs and handed step 3 the epoch-3 checkpoint; we train 3 epochs.
+#   CONQORD_PRESET=toy: pairs of true/false answers from the toy world, starting from the step-1 model
+#     (the toy base model is random, so a reward model needs the facts SFT taught).
+set -euo pipefail
+. "$(dirname "$0")/../scripts/common.sh"
+
+if [ "$PRESET" = toy ]; then
+  launch step2_reward_model.main \
+    --data_path "$TOY_DATA/step2_reward" --data_split 0,10,0 \
+    --model_name_or_path "$TOY_OUT/step1" \
+    --per_device_train_batch_size 32 --per_device_eval_batch_size 64 --max_seq_len 64 \
+    --learning_rate 1e-3 --weight_decay 0.1 --num_train_epochs 2 --gradient_accumulation_steps 1 \
+    --lr_scheduler_type cosine --num_warmup_steps 0 --seed 1234 \
+    --zero_stage 3 --dtype fp32 --lora_dim 0 \
+    --output_dir "$TOY_OUT/step2" --enable_tensorboard --tensorboard_path "$TOY_OUT/tensorboard" \
+    "$@"
+else
+  launch step2_reward_model.main \
+    --data_path "${CONQORD_STEP2_DATA:-datasets/conqord_step2_data}" --data_split 0,10,0 \
+    --model_name_or_path "${CONQORD_BASE_MODEL:-model_pth/llama2_hf_7b}" \
+    --per_device_train_batch_size 32 --per_device_eval_batch_size 32 --max_seq_len 512 \
+    --learning_rate 5e-5 --weight_decay 0.1 --num_padding_at_beginning 0 --num_train_epochs 3 \
+    --gradient_accumulation_steps 16 --lr_scheduler_type cosine --num_warmup_steps 0 --seed 1234 \
+    --gradient_checkpointing --zero_stage 3 --deepspeed --offload --dtype bf16 \
+    --lora_dim 128 --lora_module_name "layers." \
+    --output_dir "${CONQORD_OUT:-model_pth/paper}/step2" \
+    --enable_tensorboard --tensorboard_path "${CONQORD_OUT:-model_pth/paper}/tensorboard" \
+    "$@"
+fi

@@ -1,0 +1,92 @@
+"""step3 experience.scoped_dual_reward over two gloo ranks holding unequal slices of one batch."""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from step3_RL_finetune_LLM.experience import RewardSettings, scoped_dual_reward
+
+QUALITY = [1.0, 0.0, 0.5, 0.2, 0.9, 0.1, 0.7, 0.3]
+CONFIDENCE = [0.8, 0.6, 0.1, 0.3, 0.9, 0.2, 0.4, 0.7]
+SLICES = [(0, 3), (3, 8)]  # rank 0 holds 3 rollouts, rank 1 holds 5
+
+
+def _settings(scope: str, reduction: str) -> RewardSettings:
+    return RewardSettings(alpha=0.5, scope=scope, reduction=reduction, clip=5.0, quality="model",
+                          score_with_confidence=False, missing_confidence=0.0, kl_ctl=0.1, gamma=1.0, lam=0.95)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        lo, hi = SLICES[rank]
+        quality, confidence = torch.tensor(QUALITY[lo:hi]), torch.tensor(CONFIDENCE[lo:hi])
+        results = {}
+        for scope in ("global", "device"):
+            for reduction in ("sum", "mean"):
+                out = scoped_dual_reward(quality, confidence, _settings(scope, reduction))
+                results[f"{scope}-{reduction}"] = {
+                    "total": out["total"].tolist(), "alignment": out["alignment"].tolist(),
+                    "scope_size": out["scope_size"], "wrong_way_share": out["wrong_way_share"]}
+        with open(f"{out_dir}/rank{rank}.json", "w") as handle:
+            json.dump(results, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def rank_results(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("scoped")
+    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=2, join=True)
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def _single(quality, confidence, scope, reduction):
+    return scoped_dual_reward(torch.tensor(quality), torch.tensor(confidence), _settings(scope, reduction))
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_global_scope_equals_whole_batch(rank_results, rank, reduction):
+    whole = _single(QUALITY, CONFIDENCE, "global", reduction)  # one process: the whole batch
+    lo, hi = SLICES[rank]
+    got = rank_results[rank][f"global-{reduction}"]
+    assert len(got["total"]) == hi - lo
+    assert got["total"] == pytest.approx(whole["total"][lo:hi].tolist(), abs=1e-6)
+    assert got["alignment"] == pytest.approx(whole["alignment"][lo:hi].tolist(), abs=1e-6)
+    assert got["scope_size"] == 8
+    assert got["wrong_way_share"] == pytest.approx(whole["wrong_way_share"])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_device_scope_is_per_slice(rank_results, rank, reduction):
+    lo, hi = SLICES[rank]
+    own = _single(QUALITY[lo:hi], CONFIDENCE[lo:hi], "device", reduction)
+    whole = _single(QUALITY, CONFIDENCE, "global", reduction)
+    got = rank_results[rank][f"device-{reduction}"]
+    assert got["scope_size"] == hi - lo
+    assert got["total"] == pytest.approx(own["total"].tolist(), abs=1e-6)
+    assert got["alignment"] == pytest.approx(own["alignment"].tolist(), abs=1e-6)
+    # and it really differs from the global scope
+    assert got["alignment"] != pytest.approx(whole["alignment"][lo:hi].tolist(), abs=1e-4)
+
+
+def test_single_process_hand_value():
+    # batch of 3 from rank 0's slice, sum: R_A(0) = (1-0)(0.8-0.6) + (1-0.5)(0.8-0.1) = 0.2 + 0.35 = 0.55
+    out = _single(QUALITY[:3], CONFIDENCE[:3], "device", "sum")
+    assert out["alignment"][0].item() == pytest.approx(0.55, abs=1e-6)
+    assert out["total"][0].item() == pytest.approx(1.0 + 0.5 * 0.55, abs=1e-6)
