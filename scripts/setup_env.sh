@@ -31,4 +31,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   python -m pip install --quiet -r "$ROOT/requirements.txt"
   echo "$wanted" > "$stamp"
 fi
-python -c "import torch, deepspeed, transformers; print(f'[setup] torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}')" 2>/dev/null
+python -c "import torch, deepspeed, transformers; print(f'[setup] torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}')" 2>/dev/null | grep '^\[setup\]'

@@ -61,7 +61,8 @@ def warn_if_alignment_vanishes(args: argparse.Namespace) -> None:
                       stacklevel=2)
 
 
-def ppo_update(engines: Engines, experience: Experience, args: argparse.Namespace) -> dict[str, float]:
+def ppo_update(engines: Engines, experience: Experience, args: argparse.Namespace,
+               update_actor: bool = True) -> dict[str, float]:
     """``ppo_epochs`` passes of clipped actor and critic updates over minibatches of the experience."""
     engines.actor.train()
     engines.critic.train()
@@ -73,15 +74,16 @@ def ppo_update(engines: Engines, experience: Experience, args: argparse.Namespac
         for start in range(0, size, step):
             rows = slice(start, start + step)
             seq, am, mask = experience.sequences[rows], experience.attention_mask[rows], experience.mask[rows]
-            log_probs = response_log_probs(engines.actor, seq, am, experience.prompt_width)
-            loss = actor_loss(log_probs, experience.log_probs[rows], advantages[rows], mask, args.cliprange)
-            engines.actor.backward(loss)
-            engines.actor.step()
+            if update_actor:
+                log_probs = response_log_probs(engines.actor, seq, am, experience.prompt_width)
+                loss = actor_loss(log_probs, experience.log_probs[rows], advantages[rows], mask, args.cliprange)
+                engines.actor.backward(loss)
+                engines.actor.step()
+                losses["actor_loss"] += loss.item()
             values = response_values(engines.critic, seq, am, experience.prompt_width).float()
             vloss = critic_loss(values, experience.values[rows], experience.returns[rows], mask, args.cliprange_value)
             engines.critic.backward(vloss)
             engines.critic.step()
-            losses["actor_loss"] += loss.item()
             losses["critic_loss"] += vloss.item()
             count += 1
     return {k: v / count for k, v in losses.items()}
@@ -157,7 +159,8 @@ def run(args: argparse.Namespace) -> dict:
             step += 1
             if len(buffer) < args.generation_batches and step < total_steps:
                 continue
-            losses = [ppo_update(engines, experience, args) for experience in buffer]
+            update_actor = step > args.freezing_actor_steps
+            losses = [ppo_update(engines, experience, args, update_actor) for experience in buffer]
             record = _record(buffer, losses, step, epoch, time.time() - start)
             buffer = []
             logger.scalars(record, step, "train/")

@@ -156,6 +156,9 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--lr_scheduler_type", default="constant", choices=["constant", "linear", "cosine"])
     t.add_argument("--num_warmup_steps", type=int, default=0)
     t.add_argument("--seed", type=int, default=1234)
+    t.add_argument("--freezing_actor_steps", type=int, default=0,
+                   help="Train only the critic for the first N steps (OpenRLHF's flag): a critic initialised "
+                        "from the reward model starts far from the returns, and its errors swamp the advantages.")
     t.add_argument("--kl_ctl", type=_non_negative_float, default=0.1, help="Per-token KL penalty to the reference.")
     t.add_argument("--clip_reward_value", type=_positive(float), default=5.0)
     t.add_argument("--cliprange", type=_positive(float), default=0.2)

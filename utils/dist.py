@@ -42,7 +42,7 @@ def init_distributed(local_rank: int = -1) -> torch.device:
     import deepspeed
 
     # DeepSpeed calls torch collectives that torch now marks deprecated, once per ZeRO step.
-    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.distributed\.\w+ is deprecated")
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.distributed\.\w+`? is deprecated")
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
         os.environ.setdefault(key, value)

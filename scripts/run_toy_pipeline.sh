@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole CONQORD pipeline on the embedded toy world, on a CPU: install, generate the world, run
+# step 1 (SFT), step 2 (reward model), step 3 twice (PPO with alpha=0, then CONQORD), step 4 (table).
+# Extra arguments go to both step-3 runs (e.g. --max_steps 100 for a quicker look).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+. scripts/setup_env.sh
+export CONQORD_PRESET=toy HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+TOY_OUT="${CONQORD_TOY_OUT:-model_pth/toy}"
+declare -A took
+
+timed() {  # timed NAME COMMAND...
+  local name="$1"; shift
+  local start=$SECONDS
+  echo "=== $name"
+  "$@"
+  took[$name]=$((SECONDS - start))
+}
+
+timed "toy world" python datasets/generate_toy_world.py --seed "${CONQORD_TOY_SEED:-0}"
+timed "step 1 (SFT)" bash step1_supervised_finetuning_LM/run_step1.sh
+timed "step 2 (reward model)" bash step2_reward_model/run_step2.sh
+timed "step 3 (PPO, alpha=0)" bash step3_RL_finetune_LLM/run_step3.sh --alpha 0 --output_dir "$TOY_OUT/step3_alpha0" "$@"
+timed "step 3 (CONQORD)" bash step3_RL_finetune_LLM/run_step3.sh "$@"
+timed "step 4 (evaluation)" bash step4_evaluation/run_step4.sh
+echo "=== wall time per step (s)"
+for name in "toy world" "step 1 (SFT)" "step 2 (reward model)" "step 3 (PPO, alpha=0)" "step 3 (CONQORD)" "step 4 (evaluation)"; do
+  printf '%-24s %5d\n' "$name" "${took[$name]}"
+done

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# CONQORD step 3: PPO with the dual reward R = clip(r + alpha * R_A).
+#   paper recipe (default): the authors' flags (actor/critic LoRA 64, lr 1e-6, 4 GPUs, ZeRO-3, alpha 0.5).
+#     With their per-device generation batch of 1, R_A was zero on every device; our default
+#     --align_reward_scope global orders the rollouts of all ranks (4 here). Raise
+#     --per_device_generation_batch_size for a meaningful R_A. The Hybrid Engine is left off: rollouts
+#     gather the ZeRO-3 weights once and generate without it (it is reported broken for Llama-2).
+#   CONQORD_PRESET=toy: the toy world on CPU, exact-match correctness as the quality reward.
+set -euo pipefail
+. "$(dirname "$0")/../scripts/common.sh"
+
+if [ "$PRESET" = toy ]; then
+  launch step3_RL_finetune_LLM.main \
+    --data_path "$TOY_DATA/step3_ppo" --data_split 0,0,10 \
+    --actor_model_name_or_path "$TOY_OUT/step1" --critic_model_name_or_path "$TOY_OUT/step2" \
+    --quality_reward oracle --alpha 2.0 --align_reward_reduction mean --align_reward_scope global \
+    --per_device_generation_batch_size 64 --per_device_training_batch_size 32 --generation_batches 1 \
+    --ppo_epochs 1 --max_prompt_seq_len 32 --max_answer_seq_len 12 --max_steps 500 \
+    --actor_learning_rate 1e-4 --critic_learning_rate 3e-4 --freezing_actor_steps 50 \
+    --actor_weight_decay 0. --critic_weight_decay 0. --lr_scheduler_type constant --num_warmup_steps 0 \
+    --temperature 1.0 --top_p 1.0 --kl_ctl 0.1 --seed 1234 --disable_actor_dropout \
+    --actor_zero_stage 3 --critic_zero_stage 3 --dtype fp32 --actor_lora_dim 0 --critic_lora_dim 0 \
+    --log_interval 50 --save_interval 250 \
+    --output_dir "$TOY_OUT/step3" --enable_tensorboard --tensorboard_path "$TOY_OUT/tensorboard" \
+    "$@"
+else
+  OUT="${CONQORD_OUT:-model_pth/paper}"
+  launch step3_RL_finetune_LLM.main \
+    --data_path "${CONQORD_STEP3_DATA:-datasets/conqord_step3_data}" --data_split 0,0,10 \
+    --actor_model_name_or_path "$OUT/step1" --critic_model_name_or_path "$OUT/step2" \
+    --num_padding_at_beginning 1 --alpha 0.5 --quality_reward model \
+    --per_device_generation_batch_size 1 --per_device_training_batch_size 1 --generation_batches 1 \
+    --ppo_epochs 1 --max_answer_seq_len 256 --max_prompt_seq_len 256 \
+    --actor_learning_rate 1e-6 --critic_learning_rate 1e-6 --actor_weight_decay 0.1 --critic_weight_decay 0.1 \
+    --num_train_epochs 1 --lr_scheduler_type constant --gradient_accumulation_steps 32 \
+    --actor_gradient_checkpointing --critic_gradient_checkpointing --offload_reference_model \
+    --disable_actor_dropout --num_warmup_steps 0 --deepspeed --seed 1234 \
+    --actor_zero_stage 3 --critic_zero_stage 3 --dtype bf16 \
+    --actor_lora_dim 64 --critic_lora_dim 64 --actor_lora_module_name "layers." --critic_lora_module_name "layers." \
+    --save_interval 100 --output_dir "$OUT/step3" --enable_tensorboard --tensorboard_path "$OUT/tensorboard" \
+    "$@"
+fi
