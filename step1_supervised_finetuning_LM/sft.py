@@ -71,8 +71,7 @@ def run(args: argparse.Namespace) -> dict:
     ds_config = train_ds_config(micro_batch_size=args.per_device_train_batch_size,
                                 gradient_accumulation_steps=args.gradient_accumulation_steps,
                                 world_size=dist.world_size(), zero_stage=args.zero_stage, dtype=args.dtype,
-                                offload=args.offload, gradient_clipping=args.gradient_clipping,
-                                enable_tensorboard=False)
+                                offload=args.offload, gradient_clipping=args.gradient_clipping)
     model = create_causal_lm(args.model_name_or_path, tokenizer, args.dtype, ds_config, args.disable_dropout)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -152,8 +152,8 @@ class ExperienceMaker:
             stats_["accuracy"] = correct.mean().item()
         if stats_["wrong_way_share"] > 0 and not self._warned_wrong_way:
             self._warned_wrong_way = True
+            remedy = "lower --alpha" + (" or use --align_reward_reduction mean" if self.settings.reduction == "sum" else "")
             warnings.warn(f"{100 * stats_['wrong_way_share']:.0f}% of rollouts have dR/dr < 0: with alpha="
                           f"{self.settings.alpha} and the '{self.settings.reduction}' reduction the reward pays them "
-                          "to answer worse; lower --alpha or use --align_reward_reduction mean (logged as "
-                          "wrong_way_share)", stacklevel=2)
+                          f"to answer worse; {remedy} (logged as wrong_way_share)", stacklevel=2)
         return stats_

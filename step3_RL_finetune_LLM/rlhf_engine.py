@@ -27,7 +27,7 @@ def _train_config(args: argparse.Namespace, stage: int) -> dict[str, Any]:
     return train_ds_config(micro_batch_size=args.per_device_training_batch_size,
                            gradient_accumulation_steps=args.gradient_accumulation_steps,
                            world_size=dist.world_size(), zero_stage=stage, dtype=args.dtype, offload=args.offload,
-                           gradient_clipping=args.gradient_clipping, enable_hybrid_engine=args.enable_hybrid_engine)
+                           gradient_clipping=args.gradient_clipping)
 
 
 def _frozen_config(args: argparse.Namespace, stage: int, offload: bool) -> dict[str, Any]:

@@ -29,10 +29,7 @@ STATE_FILE = "trainer_state.json"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="CONQORD step 3: PPO with the dual (quality + order-preserving "
                                                  "alignment) reward, DeepSpeed.")
-    parser.add_argument("--data_path", nargs="+", required=True, help="Prompt data (prompt, optional answers).")
-    parser.add_argument("--data_split", type=flags._data_split, default=[2.0, 4.0, 4.0])
-    parser.add_argument("--data_output_path", default=None)
-    parser.add_argument("--max_train_examples", type=int, default=None)
+    flags.add_data_args(parser, with_max_seq_len=False)
     flags.add_ppo_args(parser)
     flags.add_lora_args(parser, "actor_")
     flags.add_lora_args(parser, "critic_")
@@ -121,6 +118,9 @@ def run(args: argparse.Namespace) -> dict:
     set_seed(args.seed)
     check_inputs(args)
     warn_if_alignment_vanishes(args)
+    if args.enable_hybrid_engine:
+        warnings.warn("--enable_hybrid_engine is ignored: rollouts gather the ZeRO-3 weights once and generate "
+                      "without DeepSpeed's hooks", stacklevel=1)
     tokenizer = load_tokenizer(args.tokenizer_model_name_or_path or args.actor_model_name_or_path, padding_side="left")
     required = ("prompt", "answers") if args.quality_reward == "oracle" else ("prompt",)
     prompts, _ = load_phase_data(args.data_path, args.data_split, PHASE, required, args.seed, args.data_output_path,

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from step4_evaluation.judges import exact_match
 from step4_evaluation.metrics import auroc, summarize
 from step4_evaluation.plots import reliability_diagram
-from utils.confidence import MISSING_CONFIDENCE, extract_answer, parse_confidence
+from utils.confidence import MISSING_CONFIDENCE, ParsedConfidence, count_statuses, extract_answer, parse_confidence
 from utils.data import DataError, encode_prompt
 from utils.errors import UserError
 from utils.generation import GenerationSettings, generate, response_ids
@@ -130,6 +130,8 @@ def summarize_predictions(records: list[dict], missing_confidence: float, n_bins
                           seed: int) -> dict[str, Any]:
     """Overall metrics, plus accuracy, mean confidence and AUROC inside each difficulty level."""
     summary = summarize(records, missing_confidence=missing_confidence, n_bins=n_bins, bootstrap=bootstrap, seed=seed)
+    summary["confidence_statuses"] = count_statuses(ParsedConfidence(r["confidence"], r["confidence_status"])
+                                                    for r in records)
     levels = sorted({r["difficulty"] for r in records if r.get("difficulty")})
     summary["by_difficulty"] = {}
     for level in levels:

@@ -129,3 +129,25 @@ def test_collate_sft_right_pads():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
     assert pad_batch([[1], [2, 3]], 9, side="left").tolist() == [[9, 1], [2, 3]]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
+def test_other_local_formats_load_through_datasets(tmp_path, suffix):
+    import pandas as pd
+
+    frame = pd.DataFrame({"prompt": ["p1", "p2", "p3"], "chosen": ["a", "b", "c"], "rejected": ["x", "y", "z"]})
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    file = folder / f"train{suffix}"
+    {".csv": lambda: frame.to_csv(file, index=False), ".parquet": lambda: frame.to_parquet(file),
+     ".json": lambda: frame.to_json(file, orient="records", lines=True)}[suffix]()
+    ds = load_split(str(folder), "train", ("prompt", "chosen", "rejected"))
+    assert ds["chosen"] == ["a", "b", "c"]
+    assert load_split(str(folder), "test", ("prompt",)) is None
+
+
+def test_csv_row_with_empty_value_names_the_row(tmp_path):
+    file = tmp_path / "train.csv"
+    file.write_text("prompt,response\np1,r1\np2,\n")
+    with pytest.raises(DataError, match=r"train.csv row 3: key 'response' is empty"):
+        load_split(str(file), "train", ("prompt", "response"))

@@ -45,7 +45,8 @@ def _data_split(text: str) -> list[float]:
     return parts
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
+def add_data_args(parser: argparse.ArgumentParser, with_max_seq_len: bool = True) -> None:
+    """``with_max_seq_len=False`` for step 3, whose lengths are ``--max_prompt/answer_seq_len``."""
     g = parser.add_argument_group("data")
     g.add_argument("--data_path", nargs="+", required=True,
                    help="Local folders/files (jsonl, json, csv, parquet) or hub dataset names.")
@@ -53,7 +54,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="Share of each dataset's train split given to steps 1,2,3 (DeepSpeed-Chat's flag).")
     g.add_argument("--data_output_path", default=None,
                    help="Cache folder for the datasets library (DeepSpeed-Chat's flag).")
-    g.add_argument("--max_seq_len", type=_positive(int), default=512)
+    if with_max_seq_len:
+        g.add_argument("--max_seq_len", type=_positive(int), default=512)
     g.add_argument("--max_train_examples", type=_positive(int), default=None,
                    help="Use at most this many training examples (quick runs).")
 
@@ -137,7 +139,8 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--disable_actor_dropout", action="store_true")
     m.add_argument("--offload_reference_model", action="store_true")
     m.add_argument("--enable_hybrid_engine", action="store_true",
-                   help="DeepSpeed Hybrid Engine for generation (GPU only; known broken for Llama-2 + ZeRO-3).")
+                   help="Accepted for compatibility and ignored: rollouts gather the ZeRO-3 weights once and "
+                        "generate without hooks instead (the Hybrid Engine is reported broken for Llama-2 + ZeRO-3).")
     m.add_argument("--actor_gradient_checkpointing", action="store_true")
     m.add_argument("--critic_gradient_checkpointing", action="store_true")
 

@@ -2,6 +2,7 @@
 
 We always pass a ``torch.optim.AdamW`` client optimizer, so the config names no optimizer: that
 avoids JIT-compiling DeepSpeed's fused CPU Adam and keeps one optimizer on CPU and GPU alike.
+TensorBoard scalars are written by the steps themselves (tensorboardX), not by DeepSpeed.
 """
 from __future__ import annotations
 
@@ -35,9 +36,7 @@ def _zero(stage: int, offload: bool) -> dict[str, Any]:
 
 def train_ds_config(*, micro_batch_size: int, gradient_accumulation_steps: int, world_size: int,
                     zero_stage: int, dtype: str = "bf16", offload: bool = False,
-                    gradient_clipping: float = 1.0, enable_tensorboard: bool = False,
-                    tensorboard_path: str = "", tensorboard_name: str = "",
-                    enable_hybrid_engine: bool = False, steps_per_print: int = 10**9) -> dict[str, Any]:
+                    gradient_clipping: float = 1.0, steps_per_print: int = 10**9) -> dict[str, Any]:
     """Config for an engine that trains (SFT model, reward model, actor, critic)."""
     config = {
         "train_batch_size": micro_batch_size * gradient_accumulation_steps * world_size,
@@ -50,11 +49,6 @@ def train_ds_config(*, micro_batch_size: int, gradient_accumulation_steps: int, 
         "wall_clock_breakdown": False,
         # a torch client optimizer may be offloaded (else DeepSpeed insists on its own CPU Adam)
         "zero_force_ds_cpu_optimizer": False,
-        "hybrid_engine": {"enabled": enable_hybrid_engine, "max_out_tokens": 512,
-                          "inference_tp_size": 1, "release_inference_cache": False,
-                          "pin_parameters": True, "tp_gather_partition_size": 8},
-        "tensorboard": {"enabled": enable_tensorboard, "output_path": f"{tensorboard_path}/ds_tensorboard_logs/",
-                        "job_name": f"{tensorboard_name}_tensorboard"},
         **_precision(dtype),
     }
     return config
