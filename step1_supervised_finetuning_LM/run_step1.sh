@@ -11,7 +11,7 @@ if [ "$PRESET" = toy ]; then
   launch step1_supervised_finetuning_LM.main \
     --data_path "$TOY_DATA/step1_sft" --data_split 10,0,0 \
     --model_name_or_path "$TOY_BASE" \
-    --per_device_train_batch_size 32 --per_device_eval_batch_size 64 --max_seq_len 64 \
+    --per_device_train_batch_size 32 --per_device_eval_batch_size 64 --max_seq_len 96 \
     --learning_rate 3e-3 --weight_decay 0. --num_train_epochs 3 --gradient_accumulation_steps 1 \
     --lr_scheduler_type cosine --num_warmup_steps 20 --seed 1234 \
     --zero_stage 3 --dtype fp32 --lora_dim 0 \

@@ -1,152 +1,251 @@
-"""Step 4: answer held-out questions with a confidence, judge them, score calibration, compare checkpoints.
+"""Step 4: answer benchmark questions with a stated confidence, judge them, score calibration, compare.
 
-Per checkpoint it writes ``<output_dir>/<name>/predictions.jsonl`` (appended batch by batch, so an
-interrupted run resumes where it stopped) and ``summary.json``; over all checkpoints a Markdown table
-``comparison.md`` and ``comparison.json``, and the table is printed.
+One *row* of the report is a checkpoint × prompting method × benchmark. For each row, under
+``<output_dir>/<checkpoint>/<benchmark>/<method>/``:
+
+* ``generations.jsonl`` — raw generations, appended batch by batch (an interrupted run resumes);
+* ``predictions.jsonl`` — per example: question, answer, confidence, judge verdict and reason;
+* ``summary.json`` and ``reliability.png`` (reliability diagram + confidence histogram);
+* with ``--retrieval_corpus``: ``generations_rag.jsonl``, ``retrieval.json`` (accuracy and
+  retrieval rate per threshold τ) and ``retrieval.png``.
+
+Over all rows: ``results.md``, ``results.csv`` and ``results.json``; the Markdown table is printed.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from step4_evaluation.judges import exact_match
+from step4_evaluation import judges
+from step4_evaluation.benchmarks import load_benchmark
 from step4_evaluation.metrics import auroc, summarize
 from step4_evaluation.plots import reliability_diagram
-from utils.confidence import MISSING_CONFIDENCE, ParsedConfidence, count_statuses, extract_answer, parse_confidence
-from utils.data import DataError, encode_prompt
+from step4_evaluation.prompting import get_method
+from step4_evaluation.retrieval import BM25Retriever, load_passages, plot_sweep, threshold_sweep
+from utils.confidence import MISSING_CONFIDENCE, count_statuses
+from utils.data import encode_prompt
 from utils.errors import UserError
 from utils.generation import GenerationSettings, generate, response_ids
 from utils.model import create_causal_lm, load_tokenizer, require_checkpoint
-from utils.prompts import build_prompt
 from utils.training import batched, set_seed
 
-TABLE_COLUMNS = ("n", "accuracy", "ece", "auroc", "pearson", "spearman", "brier", "parse_failure_rate")
+TABLE_COLUMNS = ("n", "accuracy", "ece", "auroc", "aurc", "pearson", "spearman", "brier", "parse_failure_rate")
+JUDGES = ("auto", "exact_match", "token_f1", "truthfulqa_reference", "llm")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="CONQORD step 4: evaluate confidence calibration.")
-    parser.add_argument("--checkpoints", nargs="+", required=True,
-                        help="NAME=PATH (or PATH, named by its folder) of each model to compare.")
-    parser.add_argument("--eval_data", required=True, help="JSONL with question, answers (+ difficulty).")
-    parser.add_argument("--output_dir", default="results/step4")
-    parser.add_argument("--max_examples", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--max_new_tokens", type=int, default=32)
-    parser.add_argument("--max_prompt_len", type=int, default=256)
-    parser.add_argument("--missing_confidence", type=float, default=MISSING_CONFIDENCE,
-                        help="Confidence given to answers that state none (also counted as parse failures).")
-    parser.add_argument("--n_bins", type=int, default=10)
-    parser.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for 95%% intervals (0: none).")
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser = argparse.ArgumentParser(description="CONQORD step 4: accuracy and confidence calibration.")
+    g = parser.add_argument_group("what to evaluate")
+    g.add_argument("--checkpoints", nargs="+", required=True,
+                   help="NAME=PATH (or PATH, named by its folder) of each model to compare.")
+    g.add_argument("--benchmarks", nargs="+", default=["toy=datasets/toy_world/eval/test.jsonl"],
+                   help="NAME or NAME=PATH with NAME in truthfulqa, nq_open, toy (no path: the hub's copy).")
+    g.add_argument("--methods", nargs="+", default=["zero_shot"],
+                   help="Prompting methods: zero_shot (the fine-tuning format), vanilla, topk, cot.")
+    g.add_argument("--topk", type=int, default=2, help="Guesses asked for by the topk method.")
+    g.add_argument("--max_examples", type=int, default=None, help="A seeded random subset of each benchmark.")
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--output_dir", default="results/step4")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--batch_size", type=int, default=64)
+    gen.add_argument("--max_new_tokens", type=int, default=64)
+    gen.add_argument("--max_prompt_len", type=int, default=1024)
+    gen.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    j = parser.add_argument_group("judging")
+    j.add_argument("--judge", choices=JUDGES, default="auto",
+                   help="auto: TruthfulQA's reference metric on truthfulqa, exact match elsewhere.")
+    j.add_argument("--truthfulqa_metric", choices=["rouge", "bleu"], default="rouge")
+    j.add_argument("--judge_base_url", default=None, help="OpenAI-compatible endpoint of the LLM judge.")
+    j.add_argument("--judge_model", default="gpt-4", help="LLM judge model name.")
+    j.add_argument("--judge_api_key_env", default="OPENAI_API_KEY",
+                   help="Environment variable holding the judge's API key (never logged).")
+    j.add_argument("--judge_concurrency", type=int, default=8)
+    j.add_argument("--judge_max_retries", type=int, default=4)
+    j.add_argument("--judge_timeout", type=float, default=60.0)
+    j.add_argument("--judge_cache", default=None, help="Judge cache file (default: <output_dir>/judge_cache.jsonl).")
+    m = parser.add_argument_group("metrics")
+    m.add_argument("--missing_confidence", type=float, default=MISSING_CONFIDENCE,
+                   help="Confidence given to answers that state none (also counted as parse failures).")
+    m.add_argument("--n_bins", type=int, default=10, help="Equal-width ECE bins (10, 15, 20, ...).")
+    m.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for 95%% intervals (0: none).")
+    r = parser.add_argument_group("adaptive retrieval")
+    r.add_argument("--retrieval_corpus", default=None,
+                   help="JSONL of {id, text} passages; enables confidence-gated retrieval (BM25).")
+    r.add_argument("--retrieval_k", type=int, default=2, help="Passages put in the prompt.")
     return parser
 
 
-def parse_checkpoint_specs(specs: Sequence[str]) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class Row:
+    checkpoint: str
+    path: str
+    benchmark: str
+    method: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.checkpoint}/{self.benchmark}/{self.method}"
+
+
+def parse_named(specs: Sequence[str], flag: str, name_of_path=lambda p: Path(p).name) -> list[tuple[str, str | None]]:
     named = []
     for spec in specs:
-        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).name, "", spec)
+        if "=" in spec:
+            name, path = spec.split("=", 1)
+        else:
+            name, path = (name_of_path(spec), spec) if flag == "--checkpoints" else (spec, None)
         named.append((name, path))
     names = [n for n, _ in named]
     if len(set(names)) != len(names):
-        raise UserError(f"--checkpoints: names must differ, got {names}; use NAME=PATH")
+        raise UserError(f"{flag}: names must differ, got {names}; use NAME=PATH")
     return named
 
 
-def load_questions(path: str, max_examples: int | None, seed: int) -> list[dict[str, Any]]:
-    file = Path(path)
+# ---------------------------------------------------------------- generation (resumable)
+
+def _read_jsonl(file: Path) -> list[dict]:
     if not file.is_file():
-        raise DataError(f"--eval_data {path}: no such file (the toy world's is datasets/toy_world/eval/test.jsonl; "
-                        "run python datasets/generate_toy_world.py)")
-    rows = []
+        return []
     with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            for key in ("question", "answers"):
-                if not row.get(key):
-                    raise DataError(f"{path}:{number}: missing or empty key {key!r}")
-            rows.append({"id": row.get("id", f"q{number}"), **row})
-    if not rows:
-        raise DataError(f"--eval_data {path}: no questions")
-    if max_examples is not None and max_examples < len(rows):
-        keep = np.sort(np.random.default_rng(seed).choice(len(rows), max_examples, replace=False))
-        rows = [rows[i] for i in keep]
-    return rows
+        return [json.loads(line) for line in handle if line.strip()]
 
 
-def _done_ids(file: Path) -> set[str]:
-    if not file.is_file():
-        return set()
-    with file.open(encoding="utf-8") as handle:
-        return {json.loads(line)["id"] for line in handle if line.strip()}
+def generate_missing(model, tokenizer, prompts: dict[str, str], file: Path, batch_size: int,
+                     max_new_tokens: int, max_prompt_len: int, desc: str,
+                     special_tokens: bool = True) -> dict[str, str]:
+    """Greedy responses for the prompts not yet in ``file`` (appended as each batch finishes); all responses.
 
-
-def answer_questions(model, tokenizer, questions: list[dict], file: Path, batch_size: int,
-                     max_new_tokens: int, max_prompt_len: int, desc: str) -> None:
-    """Greedy answers for the questions not yet in ``file``, appended as each batch finishes."""
-    done = _done_ids(file)
-    todo = [q for q in questions if q["id"] not in done]
+    ``special_tokens=False`` for chat-templated prompts, which already hold their BOS."""
+    done = {r["id"]: r["response"] for r in _read_jsonl(file)}
+    todo = [(i, p) for i, p in prompts.items() if i not in done]
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=False)
     file.parent.mkdir(parents=True, exist_ok=True)
     with file.open("a", encoding="utf-8") as out, tqdm(total=len(todo), desc=desc, disable=None) as bar:
         for chunk in batched(todo, batch_size):
-            prompts = [encode_prompt(tokenizer, build_prompt(q["question"]), max_prompt_len) for q in chunk]
-            sequences, mask, width = generate(model, prompts, settings, tokenizer.pad_token_id, tokenizer.eos_token_id)
-            for question, ids in zip(chunk, response_ids(sequences, mask, width)):
-                out.write(json.dumps(judge(question, tokenizer.decode(ids, skip_special_tokens=True))) + "\n")
+            ids = [encode_prompt(tokenizer, p, max_prompt_len, special_tokens) for _, p in chunk]
+            sequences, mask, width = generate(model, ids, settings, tokenizer.pad_token_id, tokenizer.eos_token_id)
+            for (qid, prompt), resp in zip(chunk, response_ids(sequences, mask, width)):
+                done[qid] = tokenizer.decode(resp, skip_special_tokens=True)
+                out.write(json.dumps({"id": qid, "prompt": prompt, "response": done[qid]}) + "\n")
             out.flush()
             bar.update(len(chunk))
+    return done
 
 
-def judge(question: dict, response: str) -> dict:
-    parsed = parse_confidence(response)
-    answer = extract_answer(response)
-    return {"id": question["id"], "question": question["question"], "response": response, "answer": answer,
-            "confidence": parsed.value, "confidence_status": parsed.status, "gold": question["answers"],
-            "correct": int(exact_match(answer, question["answers"])), "judge": "exact_match",
-            "difficulty": question.get("difficulty")}
+# ---------------------------------------------------------------- judging
+
+class Judging:
+    """Chooses the judge per benchmark and runs it; LLM verdicts are cached on disk by the judge."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self._llm = None
+
+    def name(self, benchmark: str) -> str:
+        if self.args.judge != "auto":
+            return self.args.judge
+        return "truthfulqa_reference" if benchmark == "truthfulqa" else "exact_match"
+
+    def verdicts(self, benchmark: str, questions: list[dict], answers: list[str]) -> list[judges.Verdict]:
+        name = self.name(benchmark)
+        if name == "llm":
+            task = "truthfulqa" if benchmark == "truthfulqa" else "qa"
+            items = [{"question": q["question"], "prediction": a, "correct_answers": q["answers"],
+                      "incorrect_answers": q.get("incorrect_answers") or [], "task": task}
+                     for q, a in zip(questions, answers)]
+            return self.llm.judge_many(items)
+        if name == "truthfulqa_reference":
+            if any(not q.get("incorrect_answers") for q in questions):
+                raise UserError(f"--judge truthfulqa_reference needs incorrect reference answers, which "
+                                f"{benchmark} does not have; use exact_match, token_f1 or llm")
+            return [judges.judge_truthfulqa_reference(a, q["answers"], q.get("incorrect_answers") or [],
+                                                      metric=self.args.truthfulqa_metric)
+                    for q, a in zip(questions, answers)]
+        single = judges.judge_token_f1 if name == "token_f1" else judges.judge_exact_match
+        return [single(a, q["answers"]) for q, a in zip(questions, answers)]
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            from step4_evaluation.llm_judge import LLMJudge
+
+            try:
+                self._llm = LLMJudge(base_url=self.args.judge_base_url, model=self.args.judge_model,
+                                     api_key_env=self.args.judge_api_key_env,
+                                     cache_path=self.args.judge_cache or Path(self.args.output_dir) / "judge_cache.jsonl",
+                                     max_concurrency=self.args.judge_concurrency,
+                                     max_retries=self.args.judge_max_retries, timeout=self.args.judge_timeout)
+            except ValueError as err:
+                raise UserError(f"--judge llm: {err}") from None
+        return self._llm
 
 
-def read_predictions(file: Path, ids: Iterable[str]) -> list[dict]:
-    wanted = set(ids)
-    with file.open(encoding="utf-8") as handle:
-        return [r for r in map(json.loads, filter(str.strip, handle)) if r["id"] in wanted]
+def judged_records(questions: list[dict], responses: dict[str, str], method, verdicts_of) -> list[dict]:
+    parsed = {q["id"]: method.parse(responses[q["id"]]) for q in questions}
+    verdicts = verdicts_of([parsed[q["id"]].answer for q in questions])
+    records = []
+    for q, verdict in zip(questions, verdicts):
+        p = parsed[q["id"]]
+        records.append({"id": q["id"], "question": q["question"], "response": responses[q["id"]],
+                        "answer": p.answer, "confidence": p.confidence.value, "confidence_status": p.confidence.status,
+                        "correct": None if verdict.correct is None else int(verdict.correct),
+                        "judge": verdict.judge, "judge_status": verdict.status, "judge_score": verdict.score,
+                        "judge_reason": verdict.reason, "gold": q["answers"], "difficulty": q.get("difficulty")})
+    return records
 
 
-def summarize_predictions(records: list[dict], missing_confidence: float, n_bins: int, bootstrap: int,
-                          seed: int) -> dict[str, Any]:
-    """Overall metrics, plus accuracy, mean confidence and AUROC inside each difficulty level."""
-    summary = summarize(records, missing_confidence=missing_confidence, n_bins=n_bins, bootstrap=bootstrap, seed=seed)
-    summary["confidence_statuses"] = count_statuses(ParsedConfidence(r["confidence"], r["confidence_status"])
-                                                    for r in records)
-    levels = sorted({r["difficulty"] for r in records if r.get("difficulty")})
+# ---------------------------------------------------------------- metrics and reports
+
+def summarize_records(records: list[dict], args: argparse.Namespace) -> dict[str, Any]:
+    """Metrics over judged examples (failed judgments excluded and counted), plus the view per difficulty."""
+    judged = [r for r in records if r["correct"] is not None]
+    if not judged:
+        raise UserError("no example could be judged; see judge_reason in predictions.jsonl")
+    summary = summarize(judged, missing_confidence=args.missing_confidence, n_bins=args.n_bins,
+                        bootstrap=args.bootstrap, seed=args.seed)
+    summary["judge_failures"] = len(records) - len(judged)
+    summary["confidence_statuses"] = count_statuses(_parsed(r) for r in judged)
     summary["by_difficulty"] = {}
-    for level in levels:
-        group = [r for r in records if r.get("difficulty") == level]
-        conf = np.array([missing_confidence if r["confidence"] is None else r["confidence"] for r in group])
-        corr = np.array([r["correct"] for r in group])
+    for level in sorted({r["difficulty"] for r in judged if r.get("difficulty")}):
+        group = [r for r in judged if r.get("difficulty") == level]
+        conf, corr = _conf_correct(group, args.missing_confidence)
         summary["by_difficulty"][level] = {"n": len(group), "accuracy": float(corr.mean()),
                                            "mean_confidence": float(conf.mean()), "auroc": auroc(conf, corr)}
     return summary
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Atomic: a reader never sees half a file."""
-    tmp = path.with_suffix(".json.tmp")
+def _parsed(record: dict):
+    from utils.confidence import ParsedConfidence
+
+    return ParsedConfidence(record["confidence"], record["confidence_status"])
+
+
+def _conf_correct(records: list[dict], missing: float) -> tuple[np.ndarray, np.ndarray]:
+    conf = np.array([missing if r["confidence"] is None else r["confidence"] for r in records], dtype=float)
+    return conf, np.array([r["correct"] for r in records], dtype=int)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic: a reader never sees half a file. NaN is written as null."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(_nan_to_none(data), indent=2))
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(_nan_to_none(r)) + "\n" for r in rows))
     os.replace(tmp, path)
 
 
@@ -160,48 +259,109 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
-def comparison_table(summaries: dict[str, dict]) -> str:
-    def cell(value: Any) -> str:
-        return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else \
-            (f"{value:.3f}" if isinstance(value, float) else str(value))
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
+
+def results_table(summaries: dict[Row, dict]) -> tuple[list[str], list[list[str]]]:
     levels = sorted({lvl for s in summaries.values() for lvl in s.get("by_difficulty", {})})
-    header = ["checkpoint", *TABLE_COLUMNS, *(f"acc/conf/auroc {lvl}" for lvl in levels)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, s in summaries.items():
-        by_level = [("/".join(cell(s["by_difficulty"][lvl][k]) for k in ("accuracy", "mean_confidence", "auroc"))
-                     if lvl in s["by_difficulty"] else "n/a") for lvl in levels]
-        lines.append("| " + " | ".join([name, *(cell(s[c]) for c in TABLE_COLUMNS), *by_level]) + " |")
-    return "\n".join(lines)
+    header = ["checkpoint", "benchmark", "method", *TABLE_COLUMNS, "judge",
+              *(f"acc/conf/auroc {lvl}" for lvl in levels)]
+    rows = []
+    for row, s in summaries.items():
+        by_level = ["/".join(_cell(s["by_difficulty"][lvl][k]) for k in ("accuracy", "mean_confidence", "auroc"))
+                    if lvl in s["by_difficulty"] else "n/a" for lvl in levels]
+        rows.append([row.checkpoint, row.benchmark, row.method, *(_cell(s[c]) for c in TABLE_COLUMNS), s["judge"],
+                     *by_level])
+    return header, rows
 
 
-def run(args: argparse.Namespace) -> dict[str, dict]:
+def write_reports(out_dir: Path, summaries: dict[Row, dict]) -> str:
+    header, rows = results_table(summaries)
+    markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                         ["| " + " | ".join(r) + " |" for r in rows])
+    (out_dir / "results.md").write_text(
+        markdown + f"\n\nECE: equal-width bins, every confidence in exactly one bin (0.0 in the first, 1.0 in the "
+        "last); missing confidences are filled with --missing_confidence and counted in parse_failure_rate.\n")
+    with (out_dir / "results.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    write_json(out_dir / "results.json", {row.key: s for row, s in summaries.items()})
+    return markdown
+
+
+# ---------------------------------------------------------------- the run
+
+def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Judging, args, retriever) -> dict:
+    method = get_method(row.method, k=args.topk)
+    folder = Path(args.output_dir) / row.checkpoint / row.benchmark / row.method
+    prompts = {q["id"]: method.build(q["question"], tokenizer) for q in questions}
+    responses = generate_missing(model, tokenizer, prompts, folder / "generations.jsonl", args.batch_size,
+                                 args.max_new_tokens, args.max_prompt_len, desc=row.key,
+                                 special_tokens=not method.uses_chat_template(tokenizer))
+    records = judged_records(questions, responses, method, lambda a: judging.verdicts(row.benchmark, questions, a))
+    write_jsonl(folder / "predictions.jsonl", records)
+    summary = summarize_records(records, args)
+    summary.update(checkpoint=row.path, benchmark=row.benchmark, method=row.method, judge=judging.name(row.benchmark))
+    conf, corr = _conf_correct([r for r in records if r["correct"] is not None], args.missing_confidence)
+    reliability_diagram(conf, corr, folder / "reliability.png", n_bins=args.n_bins, title=row.key)
+    if retriever is not None:
+        summary["retrieval"] = adaptive_retrieval(row, model, tokenizer, questions, records, method, judging,
+                                                  retriever, folder, args)
+    write_json(folder / "summary.json", summary)
+    return summary
+
+
+def adaptive_retrieval(row: Row, model, tokenizer, questions, records, method, judging, retriever, folder, args):
+    """Answer again with the top-k passages, then sweep the confidence threshold."""
+    evidence = retriever.retrieve([q["question"] for q in questions], args.retrieval_k)
+    prompts = {q["id"]: method.build(q["question"], tokenizer, evidence=ev) for q, ev in zip(questions, evidence)}
+    responses = generate_missing(model, tokenizer, prompts, folder / "generations_rag.jsonl", args.batch_size,
+                                 args.max_new_tokens, args.max_prompt_len, desc=f"{row.key} +retrieval",
+                                 special_tokens=not method.uses_chat_template(tokenizer))
+    rag = judged_records(questions, responses, method, lambda a: judging.verdicts(row.benchmark, questions, a))
+    write_jsonl(folder / "predictions_rag.jsonl", rag)
+    both = [(r, g) for r, g in zip(records, rag) if r["correct"] is not None and g["correct"] is not None]
+    conf = [args.missing_confidence if r["confidence"] is None else r["confidence"] for r, _ in both]
+    sweep = threshold_sweep(conf, [r["correct"] for r, _ in both], [g["correct"] for _, g in both])
+    write_json(folder / "retrieval.json", sweep)
+    plot_sweep(sweep, folder / "retrieval.png", title=f"{row.key}: confidence-gated retrieval")
+    return sweep
+
+
+def run(args: argparse.Namespace) -> dict[Row, dict]:
     set_seed(args.seed)
-    checkpoints = parse_checkpoint_specs(args.checkpoints)
+    checkpoints = parse_named(args.checkpoints, "--checkpoints")
+    benchmarks = parse_named(args.benchmarks, "--benchmarks")
+    for name in args.methods:
+        try:
+            get_method(name, k=args.topk)
+        except ValueError as err:
+            raise UserError(f"--methods: {err}") from None
     for _, path in checkpoints:
         require_checkpoint(path, "--checkpoints", "the step that writes it (steps 1 and 3 write actors)")
-    questions = load_questions(args.eval_data, args.max_examples, args.seed)
+    questions = {name: load_benchmark(name, path, args.max_examples, args.seed) for name, path in benchmarks}
+    retriever = BM25Retriever(load_passages(args.retrieval_corpus)) if args.retrieval_corpus else None
+    judging = Judging(args)
     out_dir = Path(args.output_dir)
-    summaries: dict[str, dict] = {}
-    for name, path in checkpoints:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries: dict[Row, dict] = {}
+    for checkpoint, path in checkpoints:
         start = time.time()
         tokenizer = load_tokenizer(path, padding_side="left")  # the evaluated checkpoint's own tokenizer
         model = create_causal_lm(path, tokenizer, args.dtype).eval()
         if torch.cuda.is_available():
             model = model.cuda()
-        predictions = out_dir / name / "predictions.jsonl"
-        answer_questions(model, tokenizer, questions, predictions, args.batch_size, args.max_new_tokens,
-                         args.max_prompt_len, desc=name)
-        records = read_predictions(predictions, (q["id"] for q in questions))
-        summary = summarize_predictions(records, args.missing_confidence, args.n_bins, args.bootstrap, args.seed)
-        summary.update(checkpoint=path, seconds=round(time.time() - start, 1))
-        conf = [args.missing_confidence if r["confidence"] is None else r["confidence"] for r in records]
-        reliability_diagram(conf, [r["correct"] for r in records], out_dir / name / "reliability.png",
-                            n_bins=args.n_bins, title=name)
-        _write_json(out_dir / name / "summary.json", summary)
-        summaries[name] = summary
-    table = comparison_table(summaries)
-    (out_dir / "comparison.md").write_text(table + "\n")
-    _write_json(out_dir / "comparison.json", summaries)
-    print(table, flush=True)
+        for benchmark, _ in benchmarks:
+            for method in args.methods:
+                row = Row(checkpoint, path, benchmark, method)
+                summaries[row] = evaluate_row(row, model, tokenizer, questions[benchmark], judging, args, retriever)
+        print(f"[step 4] {checkpoint}: {time.time() - start:.1f}s", flush=True)
+    markdown = write_reports(out_dir, summaries)
+    print(markdown, flush=True)
+    failures = sum(s["judge_failures"] for s in summaries.values())
+    if failures:
+        raise UserError(f"{failures} judgments failed (see judge_reason in predictions.jsonl); the finished ones are "
+                        "cached — rerun the same command to retry only the failed ones")
     return summaries

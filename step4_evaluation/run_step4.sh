@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# CONQORD step 4: greedy answers with confidence, exact-match judging, calibration metrics, comparison table.
-#   CONQORD_CHECKPOINTS="name=path ..." chooses the models (default: every toy checkpoint that exists).
-#   paper preset: CONQORD_EVAL_DATA must name a JSONL of {"question", "answers": [...]} (TruthfulQA and
-#   NQ-open loaders, judges and prompts of the paper come with the benchmark evaluation).
+# CONQORD step 4: answers with confidence, judged; accuracy, ECE, AUROC, ... per checkpoint x method x
+# benchmark; reliability diagrams; confidence-gated retrieval. Extra flags are passed through.
+#   CONQORD_CHECKPOINTS="name=path ..." chooses the models (toy default: every toy checkpoint that exists).
+#   toy preset: the toy world's held-out questions, its fact corpus for retrieval, exact match.
+#   paper preset: TruthfulQA and NQ-open with the vanilla, Top-k and CoT prompts.
+#     CONQORD_TRUTHFULQA / CONQORD_NQ: local copies (TruthfulQA.csv, NQ-open JSONL); unset = the hub's.
+#     CONQORD_JUDGE=llm with CONQORD_JUDGE_MODEL / CONQORD_JUDGE_BASE_URL and the key in OPENAI_API_KEY
+#     for the paper's LLM judge; the default judges offline (TruthfulQA's ROUGE-L reference metric,
+#     exact match on NQ). CONQORD_RETRIEVAL_CORPUS: a JSONL of {id, text} passages for retrieval.
 set -euo pipefail
 . "$(dirname "$0")/../scripts/common.sh"
 
@@ -15,12 +20,19 @@ if [ "$PRESET" = toy ]; then
   fi
   # shellcheck disable=SC2086
   python -m step4_evaluation.main --checkpoints ${CONQORD_CHECKPOINTS:?no toy checkpoint found: run steps 1-3 first} \
-    --eval_data "$TOY_DATA/eval/test.jsonl" --output_dir "${CONQORD_RESULTS:-results/toy}" \
-    --batch_size 100 --max_new_tokens 12 --max_prompt_len 32 --dtype fp32 "$@"
+    --benchmarks "toy=$TOY_DATA/eval/test.jsonl" --methods zero_shot \
+    --retrieval_corpus "$TOY_DATA/corpus.jsonl" --retrieval_k 2 \
+    --output_dir "${CONQORD_RESULTS:-results/toy}" \
+    --batch_size 100 --max_new_tokens 16 --max_prompt_len 128 --dtype fp32 "$@"
 else
   OUT="${CONQORD_OUT:-model_pth/paper}"
+  retrieval=()
+  [ -n "${CONQORD_RETRIEVAL_CORPUS:-}" ] && retrieval=(--retrieval_corpus "$CONQORD_RETRIEVAL_CORPUS")
   # shellcheck disable=SC2086
   python -m step4_evaluation.main --checkpoints ${CONQORD_CHECKPOINTS:-"sft=$OUT/step1" "conqord=$OUT/step3/actor"} \
-    --eval_data "${CONQORD_EVAL_DATA:?set CONQORD_EVAL_DATA to a JSONL with question and answers}" \
-    --output_dir "${CONQORD_RESULTS:-results/paper}" --batch_size 16 --max_new_tokens 64 --dtype bf16 "$@"
+    --benchmarks "truthfulqa${CONQORD_TRUTHFULQA:+=$CONQORD_TRUTHFULQA}" "nq_open${CONQORD_NQ:+=$CONQORD_NQ}" \
+    --methods vanilla topk cot --judge "${CONQORD_JUDGE:-auto}" \
+    --judge_model "${CONQORD_JUDGE_MODEL:-gpt-4}" ${CONQORD_JUDGE_BASE_URL:+--judge_base_url "$CONQORD_JUDGE_BASE_URL"} \
+    "${retrieval[@]}" --output_dir "${CONQORD_RESULTS:-results/paper}" \
+    --batch_size 16 --max_new_tokens 256 --dtype bf16 "$@"
 fi

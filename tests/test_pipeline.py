@@ -84,16 +84,27 @@ def test_one_process_pipeline_with_resume(micro_world: Path):
     assert [r["step"] for r in _log(out / "step3/train_log.jsonl")] == [1, 2, 3, 3, 4]  # restarts after step 2
     assert '"steps": 4' in resumed.stdout
 
-    result = _run(["bash", "step4_evaluation/run_step4.sh", "--bootstrap", "20"],
+    result = _run(["bash", "step4_evaluation/run_step4.sh", "--bootstrap", "20", "--methods", "zero_shot", "vanilla"],
                   {**env, "CONQORD_CHECKPOINTS": f"sft={out / 'step1'} conqord={out / 'step3/actor'}"})
-    assert "| sft |" in result.stdout and "| conqord |" in result.stdout
+    assert "| sft | toy | zero_shot |" in result.stdout and "| conqord | toy | vanilla |" in result.stdout
     results = micro_world / "results"
-    summary = json.loads((results / "conqord/summary.json").read_text())
-    for key in ("n", "accuracy", "ece", "auroc", "pearson", "spearman", "brier", "parse_failure_rate", "by_difficulty"):
+    row = results / "conqord/toy/zero_shot"
+    summary = json.loads((row / "summary.json").read_text())
+    for key in ("n", "accuracy", "ece", "auroc", "pearson", "spearman", "brier", "parse_failure_rate", "by_difficulty",
+                "ci", "judge", "retrieval"):
         assert key in summary
     assert summary["n"] == len((micro_world / "data/eval/test.jsonl").read_text().splitlines())
-    assert (results / "conqord/reliability.png").stat().st_size > 1000
-    assert (results / "comparison.md").is_file()
+    assert [r["tau"] for r in summary["retrieval"]][0] == 0.0 and summary["retrieval"][-1]["retrieval_rate"] == 1.0
+    for name in ("reliability.png", "retrieval.png", "predictions.jsonl", "generations.jsonl", "generations_rag.jsonl"):
+        assert (row / name).stat().st_size > 100, name
+    lines = (results / "results.csv").read_text().splitlines()
+    assert len(lines) == 1 + 4 and lines[0].startswith("checkpoint,benchmark,method,n,accuracy")
+    # a rerun resumes: nothing is generated again, the numbers are identical
+    again = _run(["bash", "step4_evaluation/run_step4.sh", "--bootstrap", "20", "--methods", "zero_shot", "vanilla"],
+                 {**env, "CONQORD_CHECKPOINTS": f"sft={out / 'step1'} conqord={out / 'step3/actor'}"})
+    assert json.loads((row / "summary.json").read_text()) == summary
+    assert len((row / "generations.jsonl").read_text().splitlines()) == summary["n"]
+    assert again.stdout.count("|") == result.stdout.count("|")
 
 
 def test_two_process_pipeline_gathers_alignment_reward(micro_world: Path):
@@ -108,7 +119,7 @@ def test_two_process_pipeline_gathers_alignment_reward(micro_world: Path):
     _assert_hf_folder(out / "step3/actor")
     result = _run(["bash", "step4_evaluation/run_step4.sh", "--bootstrap", "0"],
                   {**env, "CONQORD_RESULTS": str(micro_world / "results2")})
-    assert "| conqord |" in result.stdout and "| sft |" in result.stdout
+    assert "| conqord | toy | zero_shot |" in result.stdout and "| sft | toy | zero_shot |" in result.stdout
 
 
 def test_missing_checkpoint_names_the_step_to_run(tmp_path: Path, micro_world: Path):

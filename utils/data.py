@@ -143,9 +143,10 @@ def encode(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bo
     return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_len: int) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_len: int,
+                  add_special_tokens: bool = True) -> list[int]:
     """Prompt ids with the tokenizer's BOS; long prompts keep their end (where the question is)."""
-    ids = encode(tokenizer, prompt, add_special_tokens=True)
+    ids = encode(tokenizer, prompt, add_special_tokens=add_special_tokens)
     return ids[-max_len:]
 
 

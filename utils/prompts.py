@@ -8,11 +8,21 @@ from __future__ import annotations
 QUESTION_TAG = "### Question:"
 ANSWER_TAG = "### Answer:"
 CONFIDENCE_TAG = "### Confidence:"
+EVIDENCE_TAG = "### Retrieved Evidences:"
 
 
 def build_prompt(question: str) -> str:
     """The text the model continues: the question block and an open answer block."""
     return f"{QUESTION_TAG} {question.strip()}\n{ANSWER_TAG}"
+
+
+def evidence_block(passages: list[str] | None) -> str:
+    """Retrieved passages on one line before the question block (the paper's evidence tag):
+    ``"### Retrieved Evidences: p1 | p2\n"``. Whitespace inside a passage collapses to one space and
+    ``|`` becomes ``/``, so the block stays one line and splits back; no passages give ``""``."""
+    cleaned = [" ".join(p.split()).replace("|", "/") for p in passages or ()]
+    cleaned = [p for p in cleaned if p]
+    return f"{EVIDENCE_TAG} {' | '.join(cleaned)}\n" if cleaned else ""
 
 
 def format_confidence(confidence: float) -> str:

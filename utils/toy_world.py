@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
-from utils.prompts import build_prompt, format_response
+from utils.prompts import build_prompt, evidence_block, format_response
 
 RELATIONS = {
     "color": ("What color is the flag of {e}?", "The flag of {e} is {a}.",
@@ -48,6 +48,8 @@ class ToyWorldConfig:
     zipf_exponent: float = 1.0
     sft_examples: int = 12000
     reward_pairs: int = 6000
+    reading_examples: int = 1500  # SFT rows that teach answering from retrieved evidence
+    n_reading_countries: int = 300
     test_fraction: float = 0.05
     easy_min_count: int = 8  # a fact seen at least this often in SFT is "easy"
     hard_max_count: int = 1  # at most this often: "hard"
@@ -59,7 +61,7 @@ class Fact:
     rank: int
     relation: str
     answer: str
-    pool: str  # "ppo" or "eval": which prompts may ask about it
+    pool: str  # "ppo" or "eval": which prompts may ask about it ("reading": evidence-only countries)
 
     @property
     def question(self) -> str:
@@ -105,6 +107,24 @@ def _wrong_answer(rng: random.Random, fact: Fact, capitals: list[str]) -> str:
     return rng.choice([v for v in values if v != fact.answer])
 
 
+def reading_rows(rng: random.Random, facts: list[Fact], config: ToyWorldConfig) -> list[dict]:
+    """SFT rows whose answer stands in the prompt's evidence, about countries that exist nowhere else:
+    they teach the model to read retrieved passages (adaptive retrieval) without leaking world facts.
+    The true statement is shuffled with one about a world country; confidences stay uniform."""
+    taken = {f.country for f in facts} | {f.answer for f in facts}
+    countries = _names(random.Random(config.seed + 2), config.n_reading_countries, (2, 3), taken)
+    capitals = sorted({f.answer for f in facts if f.relation == "capital"})
+    rows = []
+    for _ in range(config.reading_examples):
+        relation = rng.choice(list(RELATIONS))
+        fact = Fact(rng.choice(countries), 0, relation, rng.choice(RELATIONS[relation][2] or capitals), "reading")
+        passages = [fact.statement, rng.choice(facts).statement]
+        rng.shuffle(passages)
+        rows.append({"prompt": evidence_block(passages) + build_prompt(fact.question),
+                     "response": format_response(fact.answer, round(rng.randint(0, 10) / 10, 1))})
+    return rows
+
+
 def difficulty(count: int, config: ToyWorldConfig) -> str:
     if count >= config.easy_min_count:
         return "easy"
@@ -141,6 +161,7 @@ def generate(out_dir: str | os.PathLike, config: ToyWorldConfig = ToyWorldConfig
     confidences = [round(rng.randint(0, 10) / 10, 1) for _ in sft_facts]
     sft_rows = [{"prompt": build_prompt(f.question), "response": format_response(f.answer, c)}
                 for f, c in zip(sft_facts, confidences)]
+    sft_rows += reading_rows(rng, facts, config)
     sft_train, sft_test = _train_test(sft_rows, config.test_fraction, rng)
 
     rm_facts = _zipf_sample(rng, [f for f in facts if f.pool == "ppo"], config.reward_pairs, config.zipf_exponent)
@@ -201,7 +222,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
 
 
 def create_tiny_llama(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
-                      max_positions: int = 128, seed: int = 0):
+                      max_positions: int = 512, seed: int = 0):
     """A randomly initialised Llama-config causal LM sized to the tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

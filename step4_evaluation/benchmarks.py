@@ -1,0 +1,209 @@
+"""Evaluation benchmarks as plain records: TruthfulQA (generation), NQ-open and the toy world.
+
+Every loader returns a list of dicts with the keys
+
+* ``id`` (str): ``"{benchmark}-{index}"``, the 0-based position of the example in its source (file
+  rows, or the hub split's rows), so it stays the same when a subset is drawn;
+* ``question`` (str);
+* ``answers`` (list[str]): the correct references / gold aliases, deduplicated in order. TruthfulQA:
+  the Best Answer first, then the Correct Answers;
+* ``incorrect_answers`` (list[str]): TruthfulQA's Incorrect Answers, ``[]`` for the others;
+* ``benchmark``: ``"truthfulqa"``, ``"nq_open"`` or ``"toy"``;
+* ``difficulty`` (str or None): the toy world's ``easy|medium|hard``, None elsewhere;
+* toy world only, when present in the file: ``sft_count`` (how often the fact was seen in SFT).
+
+Local files are read directly (``csv`` / ``json``, no ``datasets`` cache) so that a bad row is reported
+as ``file:line``; without a path, TruthfulQA and NQ-open come from the Hugging Face hub.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from utils.data import DataError
+
+BENCHMARKS = ("truthfulqa", "nq_open", "toy")
+TRUTHFULQA_HUB = ("truthfulqa/truthful_qa", "generation", "validation")  # formerly "truthful_qa"
+NQ_OPEN_HUB = ("google-research-datasets/nq_open", None, "validation")  # formerly "nq_open"
+TRUTHFULQA_COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
+TRUTHFULQA_SEPARATOR = ";"  # the CSV joins answers with "; "
+TOY_EVAL_FILE = "eval/test.jsonl"
+
+
+def _dedup(texts: Iterable[Any]) -> list[str]:
+    seen: dict[str, None] = {}
+    for text in texts:
+        text = str(text).strip()
+        if text and text not in seen:
+            seen[text] = None
+    return list(seen)
+
+
+def _split_answers(cell: str | None) -> list[str]:
+    return [part.strip() for part in (cell or "").split(TRUTHFULQA_SEPARATOR) if part.strip()]
+
+
+def _record(benchmark: str, index: int, question: Any, answers: list[str], where: str,
+            incorrect: list[str] | None = None, difficulty: str | None = None, **extra: Any) -> dict:
+    if not isinstance(question, str):
+        raise DataError(f"{where}: the question must be a string, got {type(question).__name__}")
+    if not question.strip():
+        raise DataError(f"{where}: the question is empty")
+    if not answers:
+        raise DataError(f"{where}: the answer list is empty (at least one correct answer is needed)")
+    return {"id": f"{benchmark}-{index}", "question": question.strip(), "answers": answers,
+            "incorrect_answers": incorrect or [], "benchmark": benchmark, "difficulty": difficulty, **extra}
+
+
+def _existing_file(path: str | Path, what: str) -> Path:
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: no such file (expected {what})")
+    return file
+
+
+def _load_hub(hub: tuple[str, str | None, str]):
+    import datasets
+
+    name, config, split = hub
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # offline, missing cache, hub errors: one actionable line
+        raise DataError(f"could not load {name}"
+                        f"{'/' + config if config else ''} ({split}) from the hub: {err}; "
+                        "pass the path of a local copy instead") from err
+
+
+# --------------------------------------------------------------------------------------------- TruthfulQA
+def load_truthfulqa(path: str | None = None) -> list[dict]:
+    """TruthfulQA (generation): the official CSV layout at ``path``, or the hub's validation split."""
+    if path is None:
+        rows = _load_hub(TRUTHFULQA_HUB)
+        return [_record("truthfulqa", i, row["question"],
+                        _dedup([row["best_answer"], *row["correct_answers"]]), f"{TRUTHFULQA_HUB[0]} row {i}",
+                        incorrect=_dedup(row["incorrect_answers"]))
+                for i, row in enumerate(rows)]
+
+    file = _existing_file(path, "the TruthfulQA CSV")
+    records = []
+    with file.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or not any(cell.strip() for cell in header):
+            raise DataError(f"{file}: empty file (expected the TruthfulQA CSV with a header row)")
+        header = [cell.strip() for cell in header]
+        for column in TRUTHFULQA_COLUMNS:
+            if column not in header:
+                raise DataError(f"{file}: missing column {column!r} (needed: {list(TRUTHFULQA_COLUMNS)}; "
+                                f"found: {header})")
+        col = {name: header.index(name) for name in TRUTHFULQA_COLUMNS}
+        while True:
+            line = reader.line_num + 1  # where the next record starts (a quoted cell may span lines)
+            cells = next(reader, None)
+            if cells is None:
+                break
+            if not any(cell.strip() for cell in cells):
+                continue
+            where = f"{file}:{line}"
+            if len(cells) < len(header):
+                raise DataError(f"{where}: {len(cells)} cells, the header has {len(header)}")
+            answers = _dedup([cells[col["Best Answer"]], *_split_answers(cells[col["Correct Answers"]])])
+            records.append(_record("truthfulqa", len(records), cells[col["Question"]], answers, where,
+                                   incorrect=_dedup(_split_answers(cells[col["Incorrect Answers"]]))))
+    if not records:
+        raise DataError(f"{file}: no examples (only a header)")
+    return records
+
+
+# --------------------------------------------------------------------------------------------- JSONL
+def _read_jsonl(file: Path, answer_keys: tuple[str, ...]) -> Iterable[tuple[int, dict, list[str], str]]:
+    """Yield ``(line, row, answers, where)`` for each non-blank line, checking question and answers."""
+    with file.open(encoding="utf-8-sig") as handle:
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            where = f"{file}:{line}"
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: not valid JSON ({err.msg}); fix or remove the line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            if "question" not in row:
+                raise DataError(f"{where}: missing key 'question'")
+            key = next((k for k in answer_keys if k in row), None)
+            if key is None:
+                raise DataError(f"{where}: missing key {answer_keys[0]!r}"
+                                + (f" (or {', '.join(map(repr, answer_keys[1:]))})" if len(answer_keys) > 1 else ""))
+            value = row[key]
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list):
+                raise DataError(f"{where}: key {key!r} must be a list of strings, got {type(value).__name__}")
+            answers = _dedup(v for v in value if v is not None)
+            if not answers:
+                raise DataError(f"{where}: key {key!r} is an empty answer list")
+            yield line, row, answers, where
+
+
+def load_nq_open(path: str | None = None) -> list[dict]:
+    """NQ-open: a local JSONL of ``{"question", "answer": [aliases]}`` (``answers`` also accepted), or the
+    hub's validation split."""
+    if path is None:
+        rows = _load_hub(NQ_OPEN_HUB)
+        return [_record("nq_open", i, row["question"], _dedup(row["answer"]), f"{NQ_OPEN_HUB[0]} row {i}")
+                for i, row in enumerate(rows)]
+    file = _existing_file(path, "an NQ-open JSONL file")
+    records = [_record("nq_open", i, row["question"], answers, where)
+               for i, (_, row, answers, where) in enumerate(_read_jsonl(file, ("answer", "answers")))]
+    if not records:
+        raise DataError(f"{file}: empty file (no examples)")
+    return records
+
+
+def load_toy(path: str) -> list[dict]:
+    """The toy world's evaluation questions: ``eval/test.jsonl`` (or the toy-world folder holding it)."""
+    if path is None:
+        raise DataError("the toy benchmark needs a path: the toy world's folder or its eval/test.jsonl")
+    file = Path(path)
+    if file.is_dir():
+        file = file / TOY_EVAL_FILE
+    file = _existing_file(file, "the toy world's eval/test.jsonl")
+    records = []
+    for i, (_, row, answers, where) in enumerate(_read_jsonl(file, ("answers", "answer"))):
+        extra = {"sft_count": row["sft_count"]} if "sft_count" in row else {}
+        records.append(_record("toy", i, row["question"], answers, where, difficulty=row.get("difficulty"), **extra))
+    if not records:
+        raise DataError(f"{file}: empty file (no examples)")
+    return records
+
+
+# --------------------------------------------------------------------------------------------- dispatch
+LOADERS: dict[str, Callable[[str | None], list[dict]]] = {
+    "truthfulqa": load_truthfulqa, "nq_open": load_nq_open, "toy": load_toy,
+}
+
+
+def subset_indices(n: int, max_examples: int | None, seed: int = 0) -> list[int]:
+    """Indices of a seeded random subset of size ``max_examples`` (all when None or >= n), in order."""
+    if max_examples is None or max_examples >= n:
+        return list(range(n))
+    if max_examples < 1:
+        raise DataError(f"max_examples must be at least 1, got {max_examples}")
+    chosen = np.random.default_rng(seed).choice(n, size=max_examples, replace=False)
+    return sorted(int(i) for i in chosen)
+
+
+def load_benchmark(name: str, path: str | None = None, max_examples: int | None = None,
+                   seed: int = 0) -> list[dict]:
+    """Load benchmark ``name`` (one of :data:`BENCHMARKS`; ``-`` and ``_`` interchangeable) from ``path``
+    (None: the hub), keeping a seeded random subset of ``max_examples`` examples in file order."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in LOADERS:
+        raise DataError(f"unknown benchmark {name!r}; choose one of {list(BENCHMARKS)}")
+    records = LOADERS[key](path)
+    return [records[i] for i in subset_indices(len(records), max_examples, seed)]
