@@ -19,7 +19,7 @@ from utils.data import pad_batch
 from utils.generation import GenerationSettings, generate, response_ids
 from utils.lora import lora_fused
 from utils.model import position_ids, sequence_scores, token_values, unwrapped_for_generation
-from utils.reward import dual_reward, wrong_way_share
+from utils.reward import confidence_score, dual_reward, quality_target, wrong_way_share
 
 
 @dataclass
@@ -34,6 +34,9 @@ class RewardSettings:
     kl_ctl: float
     gamma: float
     lam: float
+    scoring_rule: str = "none"  # beyond the paper: a proper scoring rule on the stated confidence
+    scoring_weight: float = 0.0
+    alignment_on_confidence_tokens: bool = False  # beyond the paper: confidence terms → confidence tokens only
 
 
 @dataclass
@@ -83,10 +86,19 @@ def scoped_dual_reward(quality: torch.Tensor, confidence: torch.Tensor, settings
         scope_c, _ = dist.all_gather_variable(confidence)
     reward = dual_reward(scope_q, scope_c, settings.alpha, settings.reduction, settings.clip)
     mine = slice(offset, offset + quality.numel())
+    confidence_terms = settings.alpha * reward.alignment[mine]
+    if settings.scoring_rule != "none":
+        confidence_terms = confidence_terms + settings.scoring_weight * confidence_score(
+            confidence, quality_target(quality, settings.quality), settings.scoring_rule)
     spearman = np.nan
     if scope_q.unique().numel() > 1 and scope_c.unique().numel() > 1:
         spearman = stats.spearmanr(scope_q.cpu().numpy(), scope_c.cpu().numpy()).statistic
-    return {"total": reward.total[mine], "alignment": reward.alignment[mine], "scope_size": scope_q.numel(),
+    if settings.alignment_on_confidence_tokens:  # the sequence keeps the quality; see ExperienceMaker.make
+        total = torch.clamp(quality, -settings.clip, settings.clip)
+    else:
+        total = torch.clamp(quality + confidence_terms, -settings.clip, settings.clip)
+    return {"total": total, "confidence_terms": confidence_terms, "alignment": reward.alignment[mine],
+            "scope_size": scope_q.numel(),
             "wrong_way_share": wrong_way_share(scope_c, settings.alpha, settings.reduction) if settings.alpha > 0 else 0.0,
             "spearman_quality_confidence": float(spearman)}
 
@@ -129,6 +141,10 @@ class ExperienceMaker:
         values = response_values(self.engines.critic, sequences, attention_mask, width).float()
         rewards, kl = token_rewards(log_probs, ref_log_probs, reward["total"].to(device), mask, self.settings.kl_ctl)
         advantages, returns = gae(rewards, values, mask, self.settings.gamma, self.settings.lam)
+        if self.settings.alignment_on_confidence_tokens:
+            cuts = torch.tensor([confidence_cut_index(r, self.tokenizer) for r in responses], device=device)
+            on_confidence = (torch.arange(mask.shape[1], device=device)[None, :] >= cuts[:, None]).float() * mask
+            advantages = advantages + reward["confidence_terms"].to(device)[:, None] * on_confidence
         experience = Experience(sequences, attention_mask, width, mask, log_probs, values, advantages, returns)
         experience.stats = self._stats(quality, confidence, parsed, correct, reward, kl, mask)
         return experience

@@ -46,7 +46,9 @@ def reward_settings(args: argparse.Namespace) -> RewardSettings:
                           clip=args.clip_reward_value, quality=args.quality_reward,
                           score_with_confidence=args.score_with_confidence,
                           missing_confidence=args.missing_confidence, kl_ctl=args.kl_ctl, gamma=args.gamma,
-                          lam=args.lam)
+                          lam=args.lam, scoring_rule=args.confidence_scoring_rule,
+                          scoring_weight=args.confidence_scoring_weight,
+                          alignment_on_confidence_tokens=args.alignment_on_confidence_tokens)
 
 
 def warn_if_alignment_vanishes(args: argparse.Namespace) -> None:

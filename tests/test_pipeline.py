@@ -113,7 +113,7 @@ def test_two_process_pipeline_gathers_alignment_reward(micro_world: Path):
     _step(1, env, "--max_steps", "4", "--per_device_train_batch_size", "8")
     _step(2, env, "--max_steps", "3", "--per_device_train_batch_size", "8")
     _step(3, env, "--max_steps", "2", "--per_device_generation_batch_size", "6", "--per_device_training_batch_size", "6",
-          "--log_interval", "1")
+          "--log_interval", "1", "--alignment_on_confidence_tokens", "--confidence_scoring_rule", "brier")
     log = _log(out / "step3/train_log.jsonl")
     assert [r["align_scope_size"] for r in log] == [12, 12]  # 2 ranks x 6 rollouts ordered together
     _assert_hf_folder(out / "step3/actor")

@@ -109,3 +109,30 @@ def test_quality_gradient_is_finite_difference(reduction):
         bumped[i] += h
         numeric = (dual_reward(bumped, confidence, alpha, reduction, clip=1e9).total[i] - base[i]) / h
         assert numeric.item() == pytest.approx(analytic[i].item(), abs=1e-6)
+
+
+def test_confidence_scores_by_hand():
+    from utils.reward import confidence_score, quality_target
+
+    c = torch.tensor([0.9, 0.2, 0.0])
+    t = torch.tensor([1.0, 1.0, 0.0])
+    # brier: -(0.1)^2, -(0.8)^2, -(0)^2
+    assert torch.allclose(confidence_score(c, t, "brier"), torch.tensor([-0.01, -0.64, 0.0]))
+    # log: log 0.9, log 0.2, log(1 - 0.001) (c=0 clamped to eps=1e-3, target 0)
+    expected = torch.log(torch.tensor([0.9, 0.2, 0.999]))
+    assert torch.allclose(confidence_score(c, t, "log"), expected)
+    with pytest.raises(ValueError, match="scoring rule"):
+        confidence_score(c, t, "none")
+    assert torch.allclose(quality_target(torch.tensor([0.0, 1.0]), "oracle"), torch.tensor([0.0, 1.0]))
+    assert torch.allclose(quality_target(torch.tensor([0.0]), "model"), torch.tensor([0.5]))
+
+
+@pytest.mark.parametrize("rule", ["brier", "log"])
+def test_scoring_rules_are_maximised_by_the_true_probability(rule):
+    from utils.reward import confidence_score
+
+    p = 0.7  # P(good answer); expected score over t ~ Bernoulli(p) peaks at c = p
+    grid = torch.linspace(0.05, 0.95, 19)
+    expected = p * confidence_score(grid, torch.ones_like(grid), rule) + \
+        (1 - p) * confidence_score(grid, torch.zeros_like(grid), rule)
+    assert grid[expected.argmax()].item() == pytest.approx(p, abs=0.03)

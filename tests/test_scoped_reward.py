@@ -90,3 +90,18 @@ def test_single_process_hand_value():
     out = _single(QUALITY[:3], CONFIDENCE[:3], "device", "sum")
     assert out["alignment"][0].item() == pytest.approx(0.55, abs=1e-6)
     assert out["total"][0].item() == pytest.approx(1.0 + 0.5 * 0.55, abs=1e-6)
+
+
+def test_confidence_terms_go_to_the_confidence_tokens_only_when_asked():
+    from step3_RL_finetune_LLM.experience import RewardSettings, scoped_dual_reward
+
+    q, c = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0.9, 0.8, 0.1])
+    base = dict(alpha=1.0, scope="device", reduction="mean", clip=5.0, quality="oracle", score_with_confidence=False,
+                missing_confidence=0.0, kl_ctl=0.1, gamma=1.0, lam=0.95)
+    plain = scoped_dual_reward(q, c, RewardSettings(**base))
+    routed = scoped_dual_reward(q, c, RewardSettings(**base, alignment_on_confidence_tokens=True))
+    assert torch.allclose(plain["total"], q + plain["alignment"])  # alpha = 1
+    assert torch.allclose(routed["total"], q)  # the sequence reward keeps the quality only
+    assert torch.allclose(routed["confidence_terms"], plain["alignment"])
+    scored = scoped_dual_reward(q, c, RewardSettings(**base, scoring_rule="brier", scoring_weight=2.0))
+    assert torch.allclose(scored["total"], q + plain["alignment"] - 2.0 * (c - q) ** 2)

@@ -9,7 +9,7 @@ import argparse
 from typing import Sequence
 
 from utils.ds_config import DTYPES
-from utils.reward import REDUCTIONS
+from utils.reward import REDUCTIONS, SCORING_RULES
 
 
 def _positive(kind):
@@ -188,6 +188,13 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
                    help="Quality r from the reward model, or exact match against the gold answers (toy world).")
     r.add_argument("--score_with_confidence", action="store_true",
                    help="Let the reward model see the confidence text (the authors' effective behaviour).")
+    r.add_argument("--confidence_scoring_rule", choices=list(SCORING_RULES), default="none",
+                   help="Beyond the paper: add a proper scoring rule of the stated confidence against the "
+                        "quality (scaled to [0,1]) to anchor absolute levels.")
+    r.add_argument("--confidence_scoring_weight", type=_non_negative_float, default=1.0)
+    r.add_argument("--alignment_on_confidence_tokens", action="store_true",
+                   help="Beyond the paper: give the confidence terms (alpha*R_A, scoring rule) as advantage to the "
+                        "confidence tokens only; the answer tokens see the quality reward alone.")
     r.add_argument("--missing_confidence", type=_unit_float, default=0.0,
                    help="Confidence used when a rollout states none (the authors: 1.0 in training).")
 

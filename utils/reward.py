@@ -61,3 +61,25 @@ def dual_reward(quality: torch.Tensor, confidence: torch.Tensor, alpha: float,
     align = alignment_reward(quality, confidence, reduction)
     total = torch.clamp(quality + alpha * align, -clip, clip)
     return DualReward(quality=quality, alignment=align, total=total)
+
+
+SCORING_RULES: tuple[str, ...] = ("none", "brier", "log")
+
+
+def quality_target(quality: torch.Tensor, kind: str) -> torch.Tensor:
+    """Quality on [0, 1] for a proper scoring rule: oracle correctness as is, a reward-model score
+    through the logistic function (the pairwise loss makes σ(r_a − r_b) a preference probability)."""
+    return quality.clamp(0.0, 1.0) if kind == "oracle" else torch.sigmoid(quality)
+
+
+def confidence_score(confidence: torch.Tensor, target: torch.Tensor, rule: str, eps: float = 1e-3) -> torch.Tensor:
+    """A proper scoring rule of the stated confidence against the quality target (higher is better):
+    ``brier`` = −(c − t)², ``log`` = t·log c + (1 − t)·log(1 − c) with c clamped to [eps, 1 − eps].
+    Unlike the order-only ``R_A``, both are maximised in expectation by c = P(good answer), so they
+    anchor absolute confidence levels (ECE), not only their order (AUROC)."""
+    if rule == "brier":
+        return -(confidence - target) ** 2
+    if rule == "log":
+        c = confidence.clamp(eps, 1.0 - eps)
+        return target * torch.log(c) + (1.0 - target) * torch.log(1.0 - c)
+    raise ValueError(f"scoring rule must be one of {SCORING_RULES[1:]}, got {rule!r}")

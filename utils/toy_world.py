@@ -49,6 +49,7 @@ class ToyWorldConfig:
     sft_examples: int = 12000
     reward_pairs: int = 6000
     reading_examples: int = 1500  # SFT rows that teach answering from retrieved evidence
+    verification_examples: int = 0  # SFT rows "Is the capital of X Y?" → yes/no (self-evaluation skill)
     n_reading_countries: int = 300
     test_fraction: float = 0.05
     easy_min_count: int = 8  # a fact seen at least this often in SFT is "easy"
@@ -125,6 +126,24 @@ def reading_rows(rng: random.Random, facts: list[Fact], config: ToyWorldConfig) 
     return rows
 
 
+VERIFY_TEMPLATES = {"color": "Is the flag of {e} {a}?", "animal": "Is the emblem of {e} the {a}?",
+                    "capital": "Is the capital of {e} {a}?"}
+
+
+def verification_rows(rng: random.Random, facts: list[Fact], capitals: list[str], config: ToyWorldConfig) -> list[dict]:
+    """SFT rows that ask whether a stated fact is true (half are): the toy analogue of the self-evaluation
+    a pretrained LLM brings (P(True)). Facts are drawn with the same Zipf skew, so only known facts can
+    be verified; confidences stay uniform."""
+    rows = []
+    for fact in _zipf_sample(rng, facts, config.verification_examples, config.zipf_exponent):
+        true = rng.random() < 0.5
+        candidate = fact.answer if true else _wrong_answer(rng, fact, capitals)
+        question = VERIFY_TEMPLATES[fact.relation].format(e=fact.country, a=candidate)
+        rows.append({"prompt": build_prompt(question),
+                     "response": format_response("yes" if true else "no", round(rng.randint(0, 10) / 10, 1))})
+    return rows
+
+
 def difficulty(count: int, config: ToyWorldConfig) -> str:
     if count >= config.easy_min_count:
         return "easy"
@@ -162,6 +181,7 @@ def generate(out_dir: str | os.PathLike, config: ToyWorldConfig = ToyWorldConfig
     sft_rows = [{"prompt": build_prompt(f.question), "response": format_response(f.answer, c)}
                 for f, c in zip(sft_facts, confidences)]
     sft_rows += reading_rows(rng, facts, config)
+    sft_rows += verification_rows(rng, facts, capitals, config)
     sft_train, sft_test = _train_test(sft_rows, config.test_fraction, rng)
 
     rm_facts = _zipf_sample(rng, [f for f in facts if f.pool == "ppo"], config.reward_pairs, config.zipf_exponent)
