@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft_examples", type=int, default=ToyWorldConfig.sft_examples)
     parser.add_argument("--reward_pairs", type=int, default=ToyWorldConfig.reward_pairs)
     parser.add_argument("--verification_examples", type=int, default=ToyWorldConfig.verification_examples)
+    parser.add_argument("--answer_zipf_exponent", type=float, default=ToyWorldConfig.answer_zipf_exponent)
     parser.add_argument("--zipf_exponent", type=float, default=ToyWorldConfig.zipf_exponent)
     parser.add_argument("--vocab_size", type=int, default=512)
     parser.add_argument("--hidden_size", type=int, default=64)
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config = ToyWorldConfig(seed=args.seed, n_countries=args.n_countries, sft_examples=args.sft_examples,
                             reward_pairs=args.reward_pairs,
-                            verification_examples=args.verification_examples, zipf_exponent=args.zipf_exponent)
+                            verification_examples=args.verification_examples,
+                            answer_zipf_exponent=args.answer_zipf_exponent, zipf_exponent=args.zipf_exponent)
     sizes = generate(args.out_dir, config)
     tokenizer = train_tokenizer(corpus_texts(args.out_dir), vocab_size=args.vocab_size)
     model = create_tiny_llama(tokenizer, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoints", nargs="+", required=True,
                    help="NAME=PATH (or PATH, named by its folder) of each model to compare.")
     g.add_argument("--benchmarks", nargs="+", default=["toy=datasets/toy_world/eval/test.jsonl"],
-                   help="NAME or NAME=PATH with NAME in truthfulqa, nq_open, toy (no path: the hub's copy).")
+                   help="KIND or KIND=PATH with KIND in truthfulqa, nq_open, toy (no path: the hub's copy); "
+                        "KIND/LABEL=PATH names a second set of the same kind (e.g. toy/seen=…/seen.jsonl).")
     g.add_argument("--methods", nargs="+", default=["zero_shot"],
                    help="Prompting methods: zero_shot (the fine-tuning format), vanilla, topk, cot.")
     g.add_argument("--topk", type=int, default=2, help="Guesses asked for by the topk method.")
@@ -111,6 +112,11 @@ def parse_named(specs: Sequence[str], flag: str, name_of_path=lambda p: Path(p).
     return named
 
 
+def benchmark_kind(name: str) -> str:
+    """``toy/seen`` → ``toy``: the loader and judge of a labelled benchmark set."""
+    return name.split("/", 1)[0]
+
+
 # ---------------------------------------------------------------- generation (resumable)
 
 def _read_jsonl(file: Path) -> list[dict]:
@@ -154,10 +160,11 @@ class Judging:
     def name(self, benchmark: str) -> str:
         if self.args.judge != "auto":
             return self.args.judge
-        return "truthfulqa_reference" if benchmark == "truthfulqa" else "exact_match"
+        return "truthfulqa_reference" if benchmark_kind(benchmark) == "truthfulqa" else "exact_match"
 
     def verdicts(self, benchmark: str, questions: list[dict], answers: list[str]) -> list[judges.Verdict]:
         name = self.name(benchmark)
+        benchmark = benchmark_kind(benchmark)
         if name == "llm":
             task = "truthfulqa" if benchmark == "truthfulqa" else "qa"
             items = [{"question": q["question"], "prediction": a, "correct_answers": q["answers"],
@@ -341,7 +348,8 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
             raise UserError(f"--methods: {err}") from None
     for _, path in checkpoints:
         require_checkpoint(path, "--checkpoints", "the step that writes it (steps 1 and 3 write actors)")
-    questions = {name: load_benchmark(name, path, args.max_examples, args.seed) for name, path in benchmarks}
+    questions = {name: load_benchmark(benchmark_kind(name), path, args.max_examples, args.seed)
+                 for name, path in benchmarks}
     retriever = BM25Retriever(load_passages(args.retrieval_corpus)) if args.retrieval_corpus else None
     judging = Judging(args)
     out_dir = Path(args.output_dir)

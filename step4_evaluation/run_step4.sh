@@ -2,7 +2,8 @@
 # CONQORD step 4: answers with confidence, judged; accuracy, ECE, AUROC, ... per checkpoint x method x
 # benchmark; reliability diagrams; confidence-gated retrieval. Extra flags are passed through.
 #   CONQORD_CHECKPOINTS="name=path ..." chooses the models (toy default: every toy checkpoint that exists).
-#   toy preset: the toy world's held-out questions, its fact corpus for retrieval, exact match.
+#   toy preset: the toy world's questions about held-out countries (toy) and about countries PPO
+#   trained on (toy/seen), its fact corpus for retrieval, exact match.
 #   paper preset: TruthfulQA and NQ-open with the vanilla, Top-k and CoT prompts.
 #     CONQORD_TRUTHFULQA / CONQORD_NQ: local copies (TruthfulQA.csv, NQ-open JSONL); unset = the hub's.
 #     CONQORD_JUDGE=llm with CONQORD_JUDGE_MODEL / CONQORD_JUDGE_BASE_URL and the key in OPENAI_API_KEY
@@ -20,7 +21,7 @@ if [ "$PRESET" = toy ]; then
   fi
   # shellcheck disable=SC2086
   python -m step4_evaluation.main --checkpoints ${CONQORD_CHECKPOINTS:?no toy checkpoint found: run steps 1-3 first} \
-    --benchmarks "toy=$TOY_DATA/eval/test.jsonl" --methods zero_shot \
+    --benchmarks "toy=$TOY_DATA/eval/test.jsonl" "toy/seen=$TOY_DATA/eval/seen.jsonl" --methods zero_shot \
     --retrieval_corpus "$TOY_DATA/corpus.jsonl" --retrieval_k 2 \
     --output_dir "${CONQORD_RESULTS:-results/toy}" \
     --batch_size 100 --max_new_tokens 16 --max_prompt_len 128 --dtype fp32 "$@"

@@ -10,7 +10,8 @@ statements double as the passage corpus for adaptive retrieval.
 Files (under ``out_dir``): ``step1_sft/{train,test}.jsonl`` (prompt, response with a confidence drawn
 uniformly from 0.0-1.0 and independent of correctness), ``step2_reward/{train,test}.jsonl`` (prompt,
 chosen = the true answer, rejected = a false one), ``step3_ppo/{train,test}.jsonl`` (prompt, answers),
-``eval/test.jsonl`` (question, answers, difficulty, sft_count), ``corpus.jsonl`` (id, text) and
+``eval/test.jsonl`` (question, answers, difficulty, sft_count), ``eval/seen.jsonl`` (the same for 300
+questions about countries PPO trains on: in-distribution calibration), ``corpus.jsonl`` (id, text) and
 ``facts.jsonl``. Countries are dealt into pools: PPO prompts and evaluation questions ask about
 disjoint countries, so evaluation measures calibration that generalises, not facts PPO taught.
 """
@@ -46,6 +47,7 @@ class ToyWorldConfig:
     n_countries: int = 400
     n_capitals: int = 24
     zipf_exponent: float = 1.0
+    answer_zipf_exponent: float = 0.0  # 0: answers uniform over each relation's values; > 0: skewed
     sft_examples: int = 12000
     reward_pairs: int = 6000
     reading_examples: int = 1500  # SFT rows that teach answering from retrieved evidence
@@ -94,7 +96,13 @@ def make_facts(config: ToyWorldConfig) -> list[Fact]:
     for rank, country in enumerate(countries, start=1):
         pool = "eval" if rank % 4 == 2 else "ppo"  # every fourth country is kept for evaluation
         for relation, (_, _, values) in RELATIONS.items():
-            facts.append(Fact(country, rank, relation, rng.choice(values or capitals), pool))
+            options = values or capitals
+            if config.answer_zipf_exponent > 0:  # a few common answers, like real answer distributions
+                weights = [1.0 / (i + 1) ** config.answer_zipf_exponent for i in range(len(options))]
+                answer = rng.choices(options, weights=weights)[0]
+            else:
+                answer = rng.choice(options)
+            facts.append(Fact(country, rank, relation, answer, pool))
     return facts
 
 
@@ -204,6 +212,7 @@ def generate(out_dir: str | os.PathLike, config: ToyWorldConfig = ToyWorldConfig
         "step3_ppo/train": _write_jsonl(out / "step3_ppo/train.jsonl", ppo_train),
         "step3_ppo/test": _write_jsonl(out / "step3_ppo/test.jsonl", ppo_test),
         "eval/test": _write_jsonl(out / "eval/test.jsonl", (qa_row(f) for f in facts if f.pool == "eval")),
+        "eval/seen": _write_jsonl(out / "eval/seen.jsonl", rng.sample(ppo_rows, min(300, len(ppo_rows)))),
         "corpus": _write_jsonl(out / "corpus.jsonl", ({"id": f"fact-{i}", "text": f.statement}
                                                       for i, f in enumerate(facts))),
         "facts": _write_jsonl(out / "facts.jsonl", ({**asdict(f), "sft_count": counts[f],

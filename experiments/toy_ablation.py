@@ -1,0 +1,327 @@
+"""CONQORD on the toy world with seeds and ablations; writes ``docs/results.md``.
+
+    bash experiments/toy_ablation.sh [--quick] [--seeds 1 2 3] [--ppo_steps 400] [--out runs/ablation]
+
+For every seed: generate the toy world, run step 1 (SFT) and step 2 (reward model), then step 3 once
+per variant below (same SFT/reward model, same PPO seed), then step 4 on every checkpoint (the SFT
+model also with the vanilla, Top-k and CoT prompts). Finally, means ± std over seeds, bootstrap
+intervals, confidence by difficulty, reliability diagrams and training curves go into the report.
+Each step is the real ``run_stepN.sh`` of the toy preset; finished runs are skipped on a rerun.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    flags: tuple[str, ...]
+    what: str
+    nproc: int = 1
+
+
+VARIANTS = (
+    Variant("ppo_alpha0", ("--alpha", "0"), "plain RLHF (α = 0), same budget"),
+    Variant("conqord_a1", ("--alpha", "1"), "CONQORD, α = 1, R_A / N (mean)"),
+    Variant("conqord_a2", ("--alpha", "2"), "CONQORD, α = 2, R_A / N (mean)"),
+    Variant("conqord_a4", ("--alpha", "4"), "CONQORD, α = 4, R_A / N (mean)"),
+    Variant("conqord_sum", ("--alpha", "0.5", "--align_reward_reduction", "sum"), "the authors' summed R_A, α = 0.5"),
+    Variant("scope_device", ("--alpha", "2", "--align_reward_scope", "device", "--per_device_generation_batch_size",
+                             "32"), "α = 2, R_A per device (2 ranks × 32 rollouts)", nproc=2),
+    Variant("scope_global", ("--alpha", "2", "--per_device_generation_batch_size", "32"),
+            "α = 2, R_A gathered over 2 ranks × 32 rollouts", nproc=2),
+    Variant("greedy", ("--alpha", "2", "--greedy_rollouts"), "α = 2, greedy rollouts (the authors')"),
+    Variant("rm_stripped", ("--alpha", "2", "--quality_reward", "model"),
+            "α = 2, learned reward model as quality, confidence stripped"),
+    Variant("rm_kept", ("--alpha", "2", "--quality_reward", "model", "--score_with_confidence"),
+            "α = 2, learned reward model scoring the text with its confidence (the authors')"),
+    Variant("brier", ("--alpha", "2", "--confidence_scoring_rule", "brier"), "α = 2 + Brier score on the confidence"),
+    Variant("conf_tokens", ("--alpha", "2", "--alignment_on_confidence_tokens"),
+            "α = 2, R_A as advantage of the confidence tokens only"),
+)
+SFT_METHODS = ("zero_shot", "vanilla", "topk", "cot")
+METRICS = ("accuracy", "ece", "auroc", "pearson", "spearman", "brier", "parse_failure_rate")
+
+
+@dataclass
+class Settings:
+    out: Path
+    seeds: list[int]
+    ppo_steps: int
+    variants: tuple[Variant, ...]
+    jobs: int
+    world_flags: list[str] = field(default_factory=list)
+    step_flags: dict[int, list[str]] = field(default_factory=dict)
+
+
+def _env(seed_dir: Path, nproc: int = 1) -> dict[str, str]:
+    return {**os.environ, "CONQORD_PRESET": "toy", "CONQORD_NPROC": str(nproc),
+            "CONQORD_TOY_DATA": str(seed_dir / "data"), "CONQORD_TOY_BASE": str(seed_dir / "base"),
+            "CONQORD_TOY_OUT": str(seed_dir / "out"), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
+            "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with log.open("w") as handle:
+        code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} failed ({code}); see {log}")
+    print(f"  {log.stem}: {time.time() - start:.0f}s", flush=True)
+
+
+def prepare_seed(seed: int, s: Settings) -> Path:
+    """World, SFT and reward model of one seed (skipped when already there)."""
+    seed_dir = s.out / f"seed{seed}"
+    env = _env(seed_dir)
+    if not (seed_dir / "out/step2/config.json").is_file():
+        _run([sys.executable, "datasets/generate_toy_world.py", "--seed", str(seed), "--out_dir", str(seed_dir / "data"),
+              "--model_dir", str(seed_dir / "base"), *s.world_flags], env, seed_dir / "logs/world.log")
+        _run(["bash", "step1_supervised_finetuning_LM/run_step1.sh", "--seed", str(seed), *s.step_flags.get(1, [])],
+             env, seed_dir / "logs/step1.log")
+        _run(["bash", "step2_reward_model/run_step2.sh", "--seed", str(seed), *s.step_flags.get(2, [])],
+             env, seed_dir / "logs/step2.log")
+    return seed_dir
+
+
+def train_variant(seed_dir: Path, seed: int, variant: Variant, s: Settings) -> None:
+    out = seed_dir / "out" / variant.name
+    if (out / "actor/config.json").is_file():
+        return
+    _run(["bash", "step3_RL_finetune_LLM/run_step3.sh", "--seed", str(seed), "--max_steps", str(s.ppo_steps),
+          "--save_interval", "0", *variant.flags, "--output_dir", str(out), *s.step_flags.get(3, [])],
+         _env(seed_dir, variant.nproc), seed_dir / f"logs/step3_{variant.name}.log")
+
+
+def evaluate_seed(seed_dir: Path, seed: int, s: Settings) -> None:
+    env = _env(seed_dir)
+    results = seed_dir / "results"
+    sft = ["--checkpoints", f"sft={seed_dir / 'out/step1'}", "--methods", *SFT_METHODS]
+    _run(["bash", "step4_evaluation/run_step4.sh", *sft, "--output_dir", str(results), "--seed", str(seed),
+          "--bootstrap", "200"], env, seed_dir / "logs/step4_sft.log")
+    actors = [f"{v.name}={seed_dir / 'out' / v.name / 'actor'}" for v in s.variants]
+    _run(["bash", "step4_evaluation/run_step4.sh", "--checkpoints", *actors, "--output_dir", str(results),
+          "--seed", str(seed), "--bootstrap", "200"], env, seed_dir / "logs/step4_ppo.log")
+
+
+def run_all(s: Settings) -> None:
+    for seed in s.seeds:
+        print(f"seed {seed}", flush=True)
+        seed_dir = prepare_seed(seed, s)
+        single = [v for v in s.variants if v.nproc == 1]
+        with ThreadPoolExecutor(max_workers=s.jobs) as pool:  # one core per single-process run
+            list(pool.map(lambda v: train_variant(seed_dir, seed, v, s), single))
+        for variant in (v for v in s.variants if v.nproc > 1):
+            train_variant(seed_dir, seed, variant, s)
+        evaluate_seed(seed_dir, seed, s)
+
+
+# ---------------------------------------------------------------- aggregation and report
+
+BENCHMARKS = {"toy": "held-out countries", "toy/seen": "countries PPO trained on"}
+
+
+def _summary(seed_dir: Path, checkpoint: str, benchmark: str, method: str) -> dict:
+    return json.loads((seed_dir / "results" / checkpoint / benchmark / method / "summary.json").read_text())
+
+
+def _value(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def aggregate(s: Settings) -> dict[str, dict]:
+    """Per row (benchmark × checkpoint × method): mean and std over seeds of every metric, per-difficulty
+    views, CIs. The SFT model's other prompts are reported on the held-out questions only."""
+    rows = [("toy", "sft", m) for m in SFT_METHODS] + [("toy", v.name, "zero_shot") for v in s.variants]
+    rows += [("toy/seen", c, "zero_shot") for c in ["sft", *(v.name for v in s.variants)]]
+    table = {}
+    for benchmark, checkpoint, method in rows:
+        per_seed = [_summary(s.out / f"seed{seed}", checkpoint, benchmark, method) for seed in s.seeds]
+        entry = {m: [_value(p[m]) for p in per_seed] for m in METRICS}
+        levels = sorted({lvl for p in per_seed for lvl in p.get("by_difficulty", {})})
+        for lvl in levels:
+            for key in ("accuracy", "mean_confidence", "auroc"):
+                entry[f"{key}_{lvl}"] = [_value(p["by_difficulty"].get(lvl, {}).get(key)) for p in per_seed]
+        entry["ci_auroc"] = [p.get("ci", {}).get("auroc") for p in per_seed]
+        table[f"{benchmark}: {checkpoint}/{method}"] = entry
+    return table
+
+
+def _ms(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    if np.all(np.isnan(v)):
+        return "n/a"
+    return f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}" if len(v) > 1 else f"{np.nanmean(v):.3f}"
+
+
+def _mean(values: list[float]) -> float:
+    v = np.asarray(values, dtype=float)
+    return float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan")
+
+
+def _mean_rank_stat(values: list[float]) -> float:
+    """Mean of a rank statistic where NaN (a constant confidence: no ranking at all) counts as 0."""
+    return float(np.mean(np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)))
+
+
+def curves_figure(s: Settings, path: Path) -> None:
+    """Quality reward, alignment reward and the share of rollouts paid to be wrong, per PPO step."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 4)
+    keys = ("accuracy", "alignment_reward", "spearman_quality_confidence", "wrong_way_share")
+    for variant in s.variants:
+        if variant.name not in ("ppo_alpha0", "conqord_a2", "conqord_sum", "brier", "conf_tokens"):
+            continue
+        logs = [[json.loads(line) for line in (s.out / f"seed{seed}/out" / variant.name / "train_log.jsonl")
+                 .read_text().splitlines()] for seed in s.seeds]
+        steps = [r["step"] for r in logs[0]]
+        for ax, key in zip(axes, keys):
+            series = np.array([[r.get(key, np.nan) for r in log[: len(steps)]] for log in logs], dtype=float)
+            window = max(1, len(steps) // 20)
+            with np.errstate(all="ignore"):  # a metric absent in a step (no gold answers) stays NaN
+                smooth = np.convolve(np.nanmean(series, axis=0), np.ones(window) / window, mode="same")
+            ax.plot(steps, smooth, label=variant.name)
+    for ax, key in zip(axes, keys):
+        ax.set_title(key.replace("_", " "), fontsize=9)
+        ax.set_xlabel("PPO step")
+    axes[0].set_ylabel("rollout batch (mean over seeds, smoothed)")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def findings(table: dict[str, dict], s: Settings) -> list[str]:
+    """The issue's targets, checked on the numbers (not written by hand)."""
+    names = [v.name for v in s.variants]
+    alpha_grid = [n for n in names if n.startswith("conqord_a")]
+    if not alpha_grid or "ppo_alpha0" not in names:
+        return []
+    best = max(alpha_grid, key=lambda n: _mean(table[f"toy: {n}/zero_shot"]["auroc"]))
+    b, a0, sft = (table[f"toy: {n}/zero_shot"] for n in (best, "ppo_alpha0", "sft"))
+    lines = [f"- Best α on greedy-confidence AUROC (held-out countries): **{best}**."]
+    for metric, target in (("auroc", 0.15), ("spearman", 0.3)):
+        # a constant confidence has AUROC 0.5 by definition and no Spearman correlation: counted as 0
+        d0 = _mean_rank_stat(b[metric]) - _mean_rank_stat(a0[metric])
+        ds = _mean_rank_stat(b[metric]) - _mean_rank_stat(sft[metric])
+        met = "met" if d0 >= target and ds >= target else "**not met**"
+        lines.append(f"- {metric}: {best} − PPO α=0 = {d0:+.3f}, {best} − SFT = {ds:+.3f} (target ≥ {target}: {met}).")
+    dacc = _mean(b["accuracy"]) - _mean(a0["accuracy"])
+    lines.append(f"- Accuracy: {best} − PPO α=0 = {100 * dacc:+.1f} points "
+                 f"(target ≥ −2: {'met' if dacc >= -0.02 else '**not met**'}).")
+    if "conqord_sum" in names:
+        dsum = _mean(table["toy: conqord_sum/zero_shot"]["accuracy"]) - _mean(a0["accuracy"])
+        lines.append(f"- The authors' summed R_A (α = 0.5): accuracy {100 * dsum:+.1f} points against PPO α=0.")
+    if "brier" in names:
+        lines.append(f"- ECE: Brier variant {_ms(table['toy: brier/zero_shot']['ece'])} vs {best} {_ms(b['ece'])}.")
+    return lines
+
+
+def write_report(s: Settings, path: Path) -> Path:
+    table = aggregate(s)
+    figures = path.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    curves_figure(s, figures / "training_curves.png")
+    first = s.out / f"seed{s.seeds[0]}" / "results"
+    for name in ("sft", "ppo_alpha0", "conqord_a2", "brier"):
+        source = first / name / "toy/zero_shot/reliability.png"
+        if source.is_file():
+            shutil.copyfile(source, figures / f"reliability_{name}.png")
+    levels = sorted({k.split("_")[-1] for e in table.values() for k in e if k.startswith("auroc_")})
+    header = ["row", *METRICS, *(f"auroc {lvl}" for lvl in levels), *(f"conf {lvl}" for lvl in levels)]
+    lines = [
+        "# CONQORD on the toy world: results",
+        "",
+        f"Generated by `bash experiments/toy_ablation.sh` ({len(s.seeds)} seed(s): {s.seeds}; {s.ppo_steps} PPO steps "
+        "of 64 rollouts; greedy answers and confidences on the 300 held-out questions, whose countries PPO never "
+        "saw: `toy`) and on 300 questions about countries PPO trained on (`toy/seen`). Mean ± std over seeds. ECE: 10 equal-width bins, every confidence in one bin. `auroc <level>`: "
+        "AUROC of the stated confidence for correctness inside one difficulty level; `conf <level>`: mean stated "
+        "confidence. Bootstrap 95% intervals per seed are in each `summary.json`.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row, entry in table.items():
+        cells = [row, *(_ms(entry[m]) for m in METRICS), *(_ms(entry.get(f"auroc_{lvl}", [])) for lvl in levels),
+                 *(_ms(entry.get(f"mean_confidence_{lvl}", [])) for lvl in levels)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Variants:", ""] + [f"- `{v.name}`: {v.what}" for v in s.variants]
+    lines += ["", "## Against the targets", "", *findings(table, s), "",
+              "## Figures", "", "![training curves](figures/training_curves.png)", ""]
+    lines += [f"![{p.stem}](figures/{p.name})" for p in sorted(figures.glob("reliability_*.png"))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    (path.with_suffix(".json")).write_text(json.dumps(table, indent=1, default=str))
+    return path
+
+
+def check_direction(s: Settings) -> None:
+    """--assert_direction: CONQORD's AUROC (mean over seeds) must exceed the α = 0 control's."""
+    table = aggregate(s)
+    conqord = _mean(table["toy: conqord_a2/zero_shot"]["auroc"])
+    control = _mean(table["toy: ppo_alpha0/zero_shot"]["auroc"])
+    if not conqord > control:
+        raise SystemExit(f"direction check failed: AUROC CONQORD α=2 {conqord:.3f} <= PPO α=0 {control:.3f}")
+    print(f"direction check passed: AUROC CONQORD α=2 {conqord:.3f} > PPO α=0 {control:.3f}")
+
+
+QUICK_VARIANTS = ("ppo_alpha0", "conqord_a2", "conqord_sum", "brier", "conf_tokens")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/toy_ablation", help="Working folder (checkpoints, logs, results).")
+    parser.add_argument("--report", default="docs/results.md")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--ppo_steps", type=int, default=400)
+    parser.add_argument("--variants", nargs="+", default=None, help=f"Subset of {[v.name for v in VARIANTS]}.")
+    parser.add_argument("--jobs", type=int, default=2, help="Single-process PPO runs in parallel (one core each).")
+    parser.add_argument("--quick", action="store_true",
+                        help="A small world, one seed, 60 PPO steps, five variants: checks the harness in minutes.")
+    parser.add_argument("--assert_direction", action="store_true",
+                        help="Exit non-zero unless CONQORD (α=2) has a higher AUROC than PPO α=0.")
+    args = parser.parse_args(argv)
+    names = args.variants or (QUICK_VARIANTS if args.quick else [v.name for v in VARIANTS])
+    unknown = sorted(set(names) - {v.name for v in VARIANTS})
+    if unknown:
+        parser.error(f"unknown --variants {unknown}")
+    settings = Settings(out=Path(args.out), seeds=args.seeds[:1] if args.quick else args.seeds,
+                        ppo_steps=60 if args.quick else args.ppo_steps,
+                        variants=tuple(v for v in VARIANTS if v.name in names), jobs=args.jobs)
+    if args.quick:
+        settings.world_flags = ["--n_countries", "120", "--sft_examples", "3000", "--reward_pairs", "1000"]
+        settings.step_flags = {1: ["--num_train_epochs", "2"], 2: ["--num_train_epochs", "1"],
+                               3: ["--freezing_actor_steps", "10"]}
+    start = time.time()
+    run_all(settings)
+    report = write_report(settings, Path(args.report))
+    print(f"report: {report} ({time.time() - start:.0f}s)")
+    print(report.read_text().split("## Against the targets")[1].split("## Figures")[0].strip())
+    if args.assert_direction:
+        check_direction(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
