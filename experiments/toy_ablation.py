@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +198,8 @@ def curves_figure(s: Settings, path: Path) -> None:
         for ax, key in zip(axes, keys):
             series = np.array([[r.get(key, np.nan) for r in log[: len(steps)]] for log in logs], dtype=float)
             window = max(1, len(steps) // 20)
-            with np.errstate(all="ignore"):  # a metric absent in a step (no gold answers) stays NaN
+            with warnings.catch_warnings():  # a metric absent in a step (no gold answers) stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
                 smooth = np.convolve(np.nanmean(series, axis=0), np.ones(window) / window, mode="same")
             ax.plot(steps, smooth, label=variant.name)
     for ax, key in zip(axes, keys):

@@ -1,0 +1,76 @@
+"""Step 4 end to end in process: real TruthfulQA / NQ rows, every prompting method, the reference
+judges, and the LLM judge against the loopback server — including an outage and its resume."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_llm_judge import KEY_ENV, SECRET, FakeServer
+
+from step4_evaluation.benchmarks import load_benchmark
+from step4_evaluation.evaluate import build_parser, run
+from utils.errors import UserError
+from utils.model import save_hf_checkpoint
+from utils.toy_world import create_tiny_llama
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TRUTHFULQA, NQ = SHARED / "TruthfulQA.csv", SHARED / "NQ-open.dev.jsonl"
+needs_data = pytest.mark.skipif(not (TRUTHFULQA.is_file() and NQ.is_file()), reason="../shared/data absent")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, toy_tokenizer) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_hf_checkpoint(create_tiny_llama(toy_tokenizer, hidden_size=32, num_layers=1), toy_tokenizer, path)
+    return path
+
+
+def _args(out: Path, checkpoint: Path, *extra: str):
+    return build_parser().parse_args(["--checkpoints", f"tiny={checkpoint}", "--output_dir", str(out),
+                                      "--max_examples", "6", "--max_new_tokens", "6", "--bootstrap", "0",
+                                      "--batch_size", "4", *extra])
+
+
+@needs_data
+def test_benchmarks_methods_and_reports(tmp_path, tiny_checkpoint):
+    summaries = run(_args(tmp_path, tiny_checkpoint, "--benchmarks", f"truthfulqa={TRUTHFULQA}", f"nq_open={NQ}",
+                          "--methods", "vanilla", "topk", "cot"))
+    assert len(summaries) == 6
+    judges = {(row.benchmark, s["judge"]) for row, s in summaries.items()}
+    assert judges == {("truthfulqa", "truthfulqa_reference"), ("nq_open", "exact_match")}
+    row = tmp_path / "tiny/truthfulqa/topk"
+    records = [json.loads(line) for line in (row / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(r["judge"] == "truthfulqa_rougeL" and "rougeL" in r["judge_reason"] for r in records)
+    assert (row / "reliability.png").stat().st_size > 1000
+    csv_lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 7 and csv_lines[1].startswith("tiny,truthfulqa,vanilla,6,")
+    assert "ECE: equal-width bins" in (tmp_path / "results.md").read_text()
+
+
+@needs_data
+def test_llm_judge_outage_exits_and_resumes_from_the_cache(tmp_path, tiny_checkpoint, monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server = FakeServer()
+    try:
+        args = _args(tmp_path, tiny_checkpoint, "--benchmarks", f"nq_open={NQ}", "--methods", "vanilla",
+                     "--judge", "llm", "--judge_base_url", server.base_url, "--judge_model", "m",
+                     "--judge_api_key_env", KEY_ENV, "--judge_max_retries", "1", "--judge_timeout", "2")
+        broken = load_benchmark("nq_open", str(NQ), 6, args.seed)[2]["question"]
+        server.always[broken] = ("content", "maybe")  # a malformed reply, every time
+        with pytest.raises(UserError, match="1 judgments failed.*rerun"):
+            run(args)
+        records = [json.loads(line) for line in (tmp_path / "tiny/nq_open/vanilla/predictions.jsonl").read_text().splitlines()]
+        failed = [r for r in records if r["judge_status"] == "failed"]
+        assert [r["question"] for r in failed] == [broken] and failed[0]["correct"] is None
+        before = len(server.requests)
+        del server.always[broken]  # the judge is back
+        summaries = run(args)
+        assert len(server.requests) - before == 1  # only the failed judgment is asked again
+        summary = next(iter(summaries.values()))
+        assert summary["judge_failures"] == 0 and summary["n"] == 6 and summary["judge"] == "llm"
+        assert SECRET not in (tmp_path / "judge_cache.jsonl").read_text()
+    finally:
+        server.close()
