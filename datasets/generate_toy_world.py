@@ -13,7 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a script in a data folder, run by path
 
 from utils.model import save_hf_checkpoint  # noqa: E402
-from utils.toy_world import ToyWorldConfig, corpus_texts, create_tiny_llama, generate, train_tokenizer  # noqa: E402
+from utils.toy_world import (ToyWorldConfig, corpus_texts, country_names, create_tiny_llama, generate,  # noqa: E402
+                              train_tokenizer)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--answer_zipf_exponent", type=float, default=ToyWorldConfig.answer_zipf_exponent)
     parser.add_argument("--zipf_exponent", type=float, default=ToyWorldConfig.zipf_exponent)
     parser.add_argument("--vocab_size", type=int, default=512)
+    parser.add_argument("--country_tokens", action="store_true",
+                        help="One token per country name (rarely seen countries keep rarely trained embeddings).")
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--num_layers", type=int, default=2)
     args = parser.parse_args(argv)
@@ -37,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                             verification_examples=args.verification_examples,
                             answer_zipf_exponent=args.answer_zipf_exponent, zipf_exponent=args.zipf_exponent)
     sizes = generate(args.out_dir, config)
-    tokenizer = train_tokenizer(corpus_texts(args.out_dir), vocab_size=args.vocab_size)
+    tokenizer = train_tokenizer(corpus_texts(args.out_dir), vocab_size=args.vocab_size,
+                                whole_words=country_names(args.out_dir) if args.country_tokens else ())
     model = create_tiny_llama(tokenizer, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
     save_hf_checkpoint(model, tokenizer, args.model_dir, {"toy_world": vars(args)})
     params = sum(p.numel() for p in model.parameters())

@@ -12,7 +12,7 @@ import torch
 
 from step3_RL_finetune_LLM.experience import (Experience, ExperienceMaker, RewardSettings, response_log_probs,
                                               response_values)
-from step3_RL_finetune_LLM.ppo import actor_loss, critic_loss, masked_mean, whiten
+from step3_RL_finetune_LLM.ppo import actor_loss, critic_loss, whiten
 from step3_RL_finetune_LLM.rlhf_engine import Engines, build_engines, check_inputs
 from utils import args as flags
 from utils import dist

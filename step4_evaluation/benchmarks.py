@@ -18,13 +18,12 @@ as ``file:line``; without a path, TruthfulQA and NQ-open come from the Hugging F
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from utils.data import DataError
+from utils.data import DataError, json_lines
 
 BENCHMARKS = ("truthfulqa", "nq_open", "toy")
 TRUTHFULQA_HUB = ("truthfulqa/truthful_qa", "generation", "validation")  # formerly "truthful_qa"
@@ -120,34 +119,24 @@ def load_truthfulqa(path: str | None = None) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------- JSONL
-def _read_jsonl(file: Path, answer_keys: tuple[str, ...]) -> Iterable[tuple[int, dict, list[str], str]]:
-    """Yield ``(line, row, answers, where)`` for each non-blank line, checking question and answers."""
-    with file.open(encoding="utf-8-sig") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            where = f"{file}:{line}"
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: not valid JSON ({err.msg}); fix or remove the line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            if "question" not in row:
-                raise DataError(f"{where}: missing key 'question'")
-            key = next((k for k in answer_keys if k in row), None)
-            if key is None:
-                raise DataError(f"{where}: missing key {answer_keys[0]!r}"
-                                + (f" (or {', '.join(map(repr, answer_keys[1:]))})" if len(answer_keys) > 1 else ""))
-            value = row[key]
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list):
-                raise DataError(f"{where}: key {key!r} must be a list of strings, got {type(value).__name__}")
-            answers = _dedup(v for v in value if v is not None)
-            if not answers:
-                raise DataError(f"{where}: key {key!r} is an empty answer list")
-            yield line, row, answers, where
+def _read_jsonl(file: Path, answer_keys: tuple[str, ...]) -> Iterable[tuple[dict, list[str], str]]:
+    """Yield ``(row, answers, where)`` for each non-blank line, checking question and answers."""
+    for where, row in json_lines(file):
+        if "question" not in row:
+            raise DataError(f"{where}: missing key 'question'")
+        key = next((k for k in answer_keys if k in row), None)
+        if key is None:
+            raise DataError(f"{where}: missing key {answer_keys[0]!r}"
+                            + (f" (or {', '.join(map(repr, answer_keys[1:]))})" if len(answer_keys) > 1 else ""))
+        value = row[key]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise DataError(f"{where}: key {key!r} must be a list of strings, got {type(value).__name__}")
+        answers = _dedup(v for v in value if v is not None)
+        if not answers:
+            raise DataError(f"{where}: key {key!r} is an empty answer list")
+        yield row, answers, where
 
 
 def load_nq_open(path: str | None = None) -> list[dict]:
@@ -159,7 +148,7 @@ def load_nq_open(path: str | None = None) -> list[dict]:
                 for i, row in enumerate(rows)]
     file = _existing_file(path, "an NQ-open JSONL file")
     records = [_record("nq_open", i, row["question"], answers, where)
-               for i, (_, row, answers, where) in enumerate(_read_jsonl(file, ("answer", "answers")))]
+               for i, (row, answers, where) in enumerate(_read_jsonl(file, ("answer", "answers")))]
     if not records:
         raise DataError(f"{file}: empty file (no examples)")
     return records
@@ -174,7 +163,7 @@ def load_toy(path: str) -> list[dict]:
         file = file / TOY_EVAL_FILE
     file = _existing_file(file, "the toy world's eval/test.jsonl")
     records = []
-    for i, (_, row, answers, where) in enumerate(_read_jsonl(file, ("answers", "answer"))):
+    for i, (row, answers, where) in enumerate(_read_jsonl(file, ("answers", "answer"))):
         extra = {"sft_count": row["sft_count"]} if "sft_count" in row else {}
         records.append(_record("toy", i, row["question"], answers, where, difficulty=row.get("difficulty"), **extra))
     if not records:

@@ -285,12 +285,12 @@ def results_table(summaries: dict[Row, dict]) -> tuple[list[str], list[list[str]
     return header, rows
 
 
-def write_reports(out_dir: Path, summaries: dict[Row, dict]) -> str:
+def write_reports(out_dir: Path, summaries: dict[Row, dict], n_bins: int) -> str:
     header, rows = results_table(summaries)
     markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
                          ["| " + " | ".join(r) + " |" for r in rows])
     (out_dir / "results.md").write_text(
-        markdown + f"\n\nECE: equal-width bins, every confidence in exactly one bin (0.0 in the first, 1.0 in the "
+        markdown + f"\n\nECE: {n_bins} equal-width bins, every confidence in exactly one bin (0.0 in the first, 1.0 in the "
         "last); missing confidences are filled with --missing_confidence and counted in parse_failure_rate.\n")
     with (out_dir / "results.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([header, *rows])
@@ -366,7 +366,7 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
                 row = Row(checkpoint, path, benchmark, method)
                 summaries[row] = evaluate_row(row, model, tokenizer, questions[benchmark], judging, args, retriever)
         print(f"[step 4] {checkpoint}: {time.time() - start:.1f}s", flush=True)
-    markdown = write_reports(out_dir, summaries)
+    markdown = write_reports(out_dir, summaries, args.n_bins)
     print(markdown, flush=True)
     failures = sum(s["judge_failures"] for s in summaries.values())
     if failures:

@@ -6,13 +6,12 @@ at threshold τ a question uses the retrieval answer exactly when its stated con
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from utils.data import DataError
+from utils.data import DataError, check_row, json_lines
 
 DEFAULT_THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2)) + (1.01,)
 
@@ -23,18 +22,9 @@ def load_passages(path: str | Path) -> list[dict]:
     if not file.is_file():
         raise DataError(f"--retrieval_corpus {path}: no such file (JSONL lines with id and text)")
     passages = []
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            for key in ("id", "text"):
-                if not isinstance(row, dict) or not row.get(key):
-                    raise DataError(f"{path}:{number}: missing or empty key {key!r}")
-            passages.append(row)
+    for where, row in json_lines(file):
+        check_row(row, ("id", "text"), where)
+        passages.append(row)
     if not passages:
         raise DataError(f"--retrieval_corpus {path}: no passages")
     return passages

@@ -45,7 +45,7 @@ def test_benchmarks_methods_and_reports(tmp_path, tiny_checkpoint):
     assert (row / "reliability.png").stat().st_size > 1000
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 7 and csv_lines[1].startswith("tiny,truthfulqa,vanilla,6,")
-    assert "ECE: equal-width bins" in (tmp_path / "results.md").read_text()
+    assert "ECE: 10 equal-width bins" in (tmp_path / "results.md").read_text()
 
 
 @needs_data

@@ -17,7 +17,7 @@ def _write(path, rows):
 def test_load_passages_names_file_line_and_key(tmp_path):
     good = {"id": "a", "text": "The capital of Zorbia is Quelt."}
     assert load_passages(_write(tmp_path / "ok.jsonl", [good])) == [good]
-    with pytest.raises(DataError, match=r"bad.jsonl:2: missing or empty key 'text'"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2: missing key 'text'"):
         load_passages(_write(tmp_path / "bad.jsonl", [good, {"id": "b"}]))
     with pytest.raises(DataError, match=r"json.jsonl:1: not valid JSON"):
         load_passages(_write(tmp_path / "json.jsonl", ["{nope"]))

@@ -199,6 +199,19 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
                    help="Confidence used when a rollout states none (the authors: 1.0 in training).")
 
 
+def supervised_parser(description: str, learning_rate: float) -> argparse.ArgumentParser:
+    """The flags of steps 1 and 2 (they differ only in their default learning rate)."""
+    parser = argparse.ArgumentParser(description=description)
+    add_data_args(parser)
+    add_model_args(parser)
+    add_training_args(parser, learning_rate=learning_rate)
+    add_lora_args(parser)
+    add_only_optimize_lora(parser)
+    add_deepspeed_args(parser)
+    add_logging_args(parser)
+    return parser
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Refusals that involve more than one flag."""
     if getattr(args, "offload", False) and getattr(args, "zero_stage", 3) == 0 \

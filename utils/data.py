@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,20 +33,30 @@ def _split_file(folder: Path, split: str) -> Path | None:
     return None
 
 
-def _check_json_lines(file: Path, required: Sequence[str]) -> None:
-    """Name the file and line of the first malformed row (``datasets`` would fail deep inside)."""
-    with file.open(encoding="utf-8") as handle:
+def json_lines(file: Path) -> Iterator[tuple[str, dict]]:
+    """``("file:line", row)`` for each non-blank line of a JSONL file; a line that is not a JSON object
+    stops with a :class:`DataError` naming the file and line (``datasets`` would fail deep inside)."""
+    with Path(file).open(encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            where = f"{file}:{number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{file}:{number}: not valid JSON ({err.msg}); fix or remove the line") from None
-            _check_row(row, required, f"{file}:{number}")
+                raise DataError(f"{where}: not valid JSON ({err.msg}); fix or remove the line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield where, row
 
 
-def _check_row(row: Any, required: Sequence[str], where: str) -> None:
+def _check_json_lines(file: Path, required: Sequence[str]) -> None:
+    for where, row in json_lines(file):
+        check_row(row, required, where)
+
+
+def check_row(row: Any, required: Sequence[str], where: str) -> None:
+    """Every required key present and non-empty, else a :class:`DataError` naming ``where`` and the key."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object with keys {list(required)}, got {type(row).__name__}")
     for key in required:
@@ -69,7 +79,7 @@ def _load_local(file: Path, required: Sequence[str], cache_dir: str | None):
     if file.suffix != ".jsonl":
         header_rows = 2 if fmt == "csv" else 1  # line numbers a user sees in the file
         for index, row in enumerate(ds):
-            _check_row(row, required, f"{file} row {index + header_rows}")
+            check_row(row, required, f"{file} row {index + header_rows}")
     return ds
 
 

@@ -56,17 +56,17 @@ def load_tokenizer(path: str, padding_side: str = "right") -> PreTrainedTokenize
 
 
 @contextlib.contextmanager
-def _zero3_construction(ds_config: dict[str, Any] | None) -> Iterator[None]:
+def _zero3_construction(ds_config: dict[str, Any] | None) -> Iterator[Any]:
     """Under ZeRO-3, keep transformers' DeepSpeed hook alive while building so weights come out
     partitioned (``zero.Init`` around the constructor fails with transformers 5 and a pad id)."""
     if ds_config is not None and ds_config["zero_optimization"]["stage"] == 3:
         from transformers.integrations import HfDeepSpeedConfig
 
-        keep_alive = HfDeepSpeedConfig(ds_config)
-        yield
-        del keep_alive
+        # transformers holds the config only through a weak reference: this local keeps it alive
+        hf_config = HfDeepSpeedConfig(ds_config)
+        yield hf_config
     else:
-        yield
+        yield None
 
 
 def _no_dropout(config) -> None:

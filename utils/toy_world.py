@@ -119,15 +119,18 @@ def _wrong_answer(rng: random.Random, fact: Fact, capitals: list[str]) -> str:
 def reading_rows(rng: random.Random, facts: list[Fact], config: ToyWorldConfig) -> list[dict]:
     """SFT rows whose answer stands in the prompt's evidence, about countries that exist nowhere else:
     they teach the model to read retrieved passages (adaptive retrieval) without leaking world facts.
-    The true statement is shuffled with one about a world country; confidences stay uniform."""
+    The true statement is shuffled with another statement about the same country (what BM25 brings
+    back beside it), so the model must match the relation, not only the name; confidences stay uniform."""
     taken = {f.country for f in facts} | {f.answer for f in facts}
     countries = _names(random.Random(config.seed + 2), config.n_reading_countries, (2, 3), taken)
     capitals = sorted({f.answer for f in facts if f.relation == "capital"})
     rows = []
     for _ in range(config.reading_examples):
-        relation = rng.choice(list(RELATIONS))
-        fact = Fact(rng.choice(countries), 0, relation, rng.choice(RELATIONS[relation][2] or capitals), "reading")
-        passages = [fact.statement, rng.choice(facts).statement]
+        relation, other = rng.sample(list(RELATIONS), 2)
+        country = rng.choice(countries)
+        fact = Fact(country, 0, relation, rng.choice(RELATIONS[relation][2] or capitals), "reading")
+        distractor = Fact(country, 0, other, rng.choice(RELATIONS[other][2] or capitals), "reading")
+        passages = [fact.statement, distractor.statement]
         rng.shuffle(passages)
         rows.append({"prompt": evidence_block(passages) + build_prompt(fact.question),
                      "response": format_response(fact.answer, round(rng.randint(0, 10) / 10, 1))})
@@ -222,6 +225,12 @@ def generate(out_dir: str | os.PathLike, config: ToyWorldConfig = ToyWorldConfig
     return sizes
 
 
+def country_names(out_dir: str | os.PathLike) -> list[str]:
+    """The world's country names (from ``facts.jsonl``), for :func:`train_tokenizer`'s whole words."""
+    with (Path(out_dir) / "facts.jsonl").open(encoding="utf-8") as handle:
+        return sorted({json.loads(line)["country"] for line in handle})
+
+
 def corpus_texts(out_dir: str | os.PathLike) -> Iterable[str]:
     """Every text of the generated world (the tokenizer's training corpus)."""
     out = Path(out_dir)
@@ -232,9 +241,12 @@ def corpus_texts(out_dir: str | os.PathLike) -> Iterable[str]:
                 yield " ".join(str(v) for v in row.values())
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
-    """A byte-level BPE tokenizer trained on the world's texts, wrapped for transformers (adds BOS)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, whole_words: Iterable[str] = ()):
+    """A byte-level BPE tokenizer trained on the world's texts, wrapped for transformers (adds BOS).
+
+    ``whole_words`` (e.g. the country names) become single tokens, as named entities often are in a
+    real vocabulary: an entity the model rarely saw then has a rarely trained embedding."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk"]))
@@ -243,6 +255,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens([AddedToken(f" {word}", normalized=False) for word in whole_words])
     bos = SPECIAL_TOKENS["bos"]
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
                                                        special_tokens=[(bos, tok.token_to_id(bos))])

@@ -1,6 +1,7 @@
 """What steps 1 and 2 share: seeding, optimizer groups, the DeepSpeed engine, loaders, the train loop."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -167,3 +168,69 @@ def batched(items: Iterable, size: int) -> Iterable[list]:
             chunk = []
     if chunk:
         yield chunk
+
+
+@dataclass(frozen=True)
+class SupervisedStep:
+    """What distinguishes step 1 from step 2 for :func:`run_supervised_step`."""
+    name: str  # "step1" / "step2": log and tensorboard names
+    phase: int  # index into --data_split
+    columns: tuple[str, ...]
+    producer: str  # what writes --model_name_or_path, for the missing-checkpoint message
+    create_model: Callable  # (path, tokenizer, dtype, ds_config, disable_dropout) -> nn.Module
+    features: Callable  # (row, tokenizer, max_len) -> dict of id lists
+    collate: Callable  # (features, pad_id) -> batch
+    loss: Callable  # (engine, batch) -> loss
+    evaluate: Callable  # (engine, loader) -> metrics
+
+
+def run_supervised_step(args, step: SupervisedStep) -> dict:
+    """Data, model (+LoRA), DeepSpeed engine, evaluation before and during training, atomic save."""
+    from functools import partial
+
+    from utils import args as flags
+    from utils.data import load_phase_data
+    from utils.ds_config import train_ds_config
+    from utils.model import apply_lora, load_tokenizer, require_checkpoint, save_hf_checkpoint
+
+    flags.check_args(args)
+    dist.init_distributed(args.local_rank)
+    set_seed(args.seed)
+    require_checkpoint(args.model_name_or_path, "--model_name_or_path", step.producer)
+    tokenizer = load_tokenizer(args.tokenizer_name_or_path or args.model_name_or_path)
+    train, evaluation = load_phase_data(args.data_path, args.data_split, step.phase, step.columns, args.seed,
+                                        args.data_output_path, args.max_train_examples)
+    if evaluation is None:  # no test split: score a slice of the training rows
+        evaluation = train.select(range(min(len(train), 256)))
+    encode = partial(step.features, tokenizer=tokenizer, max_len=args.max_seq_len)
+    train, evaluation = (d.map(encode, remove_columns=list(step.columns)) for d in (train, evaluation))
+    collate = partial(step.collate, pad_id=tokenizer.pad_token_id)
+    train_loader = make_loader(train, args.per_device_train_batch_size, collate, True, args.seed)
+    eval_loader = make_loader(evaluation, args.per_device_eval_batch_size, collate, False, args.seed)
+
+    ds_config = train_ds_config(micro_batch_size=args.per_device_train_batch_size,
+                                gradient_accumulation_steps=args.gradient_accumulation_steps,
+                                world_size=dist.world_size(), zero_stage=args.zero_stage, dtype=args.dtype,
+                                offload=args.offload, gradient_clipping=args.gradient_clipping)
+    model = step.create_model(args.model_name_or_path, tokenizer, args.dtype, ds_config, args.disable_dropout)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    apply_lora(model, args.lora_dim, args.lora_module_name, args.lora_scaling, args.lora_dropout,
+               args.only_optimize_lora)
+    total_steps = args.max_steps or steps_per_epoch(train_loader, args.gradient_accumulation_steps) * args.num_train_epochs
+    engine = build_engine(model, ds_config, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+                          lora_learning_rate=args.lora_learning_rate, scheduler=args.lr_scheduler_type,
+                          warmup_steps=args.num_warmup_steps, total_steps=total_steps)
+    logger = Logger(args.enable_tensorboard, args.tensorboard_path, step.name)
+    dist.print_rank0(f"{step.name}: {len(train)} training rows, {len(evaluation)} eval rows, {total_steps} steps")
+    before = step.evaluate(engine, eval_loader)
+    dist.print_rank0("before training: " + json.dumps(before))
+    result = train_loop(engine, train_loader, step.loss, lambda: step.evaluate(engine, eval_loader),
+                        epochs=args.num_train_epochs, max_steps=args.max_steps, eval_interval=args.eval_interval,
+                        logger=logger, print_loss=args.print_loss, log_interval=args.log_interval)
+    logger.close()
+    summary = {"steps": result.steps, "seconds": round(result.seconds, 1), "before": before,
+               "final": result.evaluations[-1]}
+    save_hf_checkpoint(engine, tokenizer, args.output_dir, {**vars(args), "result": summary}, dist.is_main())
+    dist.print_rank0(json.dumps({step.name: summary}))
+    return summary
