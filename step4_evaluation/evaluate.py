@@ -39,7 +39,8 @@ from utils.generation import GenerationSettings, generate, response_ids
 from utils.model import create_causal_lm, load_tokenizer, require_checkpoint
 from utils.training import batched, set_seed
 
-TABLE_COLUMNS = ("n", "accuracy", "ece", "auroc", "aurc", "pearson", "spearman", "brier", "parse_failure_rate")
+TABLE_COLUMNS = ("n", "accuracy", "ece", "auroc", "auroc_stated", "aurc", "pearson", "spearman", "brier",
+                 "parse_failure_rate")
 JUDGES = ("auto", "exact_match", "token_f1", "truthfulqa_reference", "llm")
 
 
@@ -221,6 +222,11 @@ def summarize_records(records: list[dict], args: argparse.Namespace) -> dict[str
     summary = summarize(judged, missing_confidence=args.missing_confidence, n_bins=args.n_bins,
                         bootstrap=args.bootstrap, seed=args.seed)
     summary["judge_failures"] = len(records) - len(judged)
+    # the missing-confidence policy can make AUROC (a model that drops the confidence on the answers it
+    # gets wrong scores well): report it also over the answers that state one
+    stated = [r for r in judged if r["confidence"] is not None]
+    summary["n_stated"] = len(stated)
+    summary["auroc_stated"] = auroc(*_conf_correct(stated, args.missing_confidence)) if stated else float("nan")
     summary["confidence_statuses"] = count_statuses(_parsed(r) for r in judged)
     summary["by_difficulty"] = {}
     for level in sorted({r["difficulty"] for r in judged if r.get("difficulty")}):

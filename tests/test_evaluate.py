@@ -74,3 +74,17 @@ def test_llm_judge_outage_exits_and_resumes_from_the_cache(tmp_path, tiny_checkp
         assert SECRET not in (tmp_path / "judge_cache.jsonl").read_text()
     finally:
         server.close()
+
+
+def test_auroc_over_stated_confidences_ignores_the_missing_ones():
+    from step4_evaluation.evaluate import summarize_records
+
+    args = build_parser().parse_args(["--checkpoints", "x", "--bootstrap", "0"])
+    # two wrong answers drop their confidence: with missing = 0.0 they make AUROC look perfect
+    records = [{"confidence": c, "confidence_status": "ok" if c is not None else "missing", "correct": y,
+                "difficulty": None} for c, y in [(0.4, 1), (0.4, 1), (0.4, 0), (None, 0), (None, 0)]]
+    summary = summarize_records(records, args)
+    # AUROC with missing -> 0.0: positives (0.4, 0.4) vs negatives (0.4, 0, 0): (0.5 + 1 + 1) / 3 each
+    assert summary["auroc"] == pytest.approx(2.5 / 3)
+    assert summary["auroc_stated"] == pytest.approx(0.5) and summary["n_stated"] == 3
+    assert summary["parse_failure_rate"] == pytest.approx(0.4)

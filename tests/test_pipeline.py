@@ -90,7 +90,7 @@ def test_one_process_pipeline_with_resume(micro_world: Path):
     results = micro_world / "results"
     row = results / "conqord/toy/zero_shot"
     summary = json.loads((row / "summary.json").read_text())
-    for key in ("n", "accuracy", "ece", "auroc", "pearson", "spearman", "brier", "parse_failure_rate", "by_difficulty",
+    for key in ("n", "accuracy", "ece", "auroc", "auroc_stated", "pearson", "spearman", "brier", "parse_failure_rate", "by_difficulty",
                 "ci", "judge", "retrieval"):
         assert key in summary
     assert summary["n"] == len((micro_world / "data/eval/test.jsonl").read_text().splitlines())
