@@ -164,10 +164,13 @@ def aggregate(s: Settings) -> dict[str, dict]:
 
 
 def _ms(values: list[float]) -> str:
+    """Mean ± std over the seeds where the metric is defined; "(k/n)" when only k of n seeds are."""
     v = np.asarray(values, dtype=float)
-    if np.all(np.isnan(v)):
+    defined = v[~np.isnan(v)]
+    if defined.size == 0:
         return "n/a"
-    return f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}" if len(v) > 1 else f"{np.nanmean(v):.3f}"
+    text = f"{defined.mean():.3f} ± {defined.std():.3f}" if defined.size > 1 else f"{defined.mean():.3f}"
+    return text if defined.size == v.size else f"{text} ({defined.size}/{v.size})"
 
 
 def _mean(values: list[float]) -> float:
@@ -200,8 +203,8 @@ def curves_figure(s: Settings, path: Path) -> None:
             window = max(1, len(steps) // 20)
             with warnings.catch_warnings():  # a metric absent in a step (no gold answers) stays NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
-                smooth = np.convolve(np.nanmean(series, axis=0), np.ones(window) / window, mode="same")
-            ax.plot(steps, smooth, label=variant.name)
+                smooth = np.convolve(np.nanmean(series, axis=0), np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1:], smooth, label=variant.name)  # trailing mean: no edge artefacts
     for ax, key in zip(axes, keys):
         ax.set_title(key.replace("_", " "), fontsize=9)
         ax.set_xlabel("PPO step")
