@@ -1,6 +1,6 @@
 """CONQORD on the toy world with seeds and ablations; writes ``docs/results.md``.
 
-    bash experiments/toy_ablation.sh [--quick] [--seeds 1 2 3] [--ppo_steps 400] [--out runs/ablation]
+    bash experiments/toy_ablation.sh [--quick] [--seeds 1 2 3] [--ppo_steps 300] [--out runs/toy_ablation]
 
 For every seed: generate the toy world, run step 1 (SFT) and step 2 (reward model), then step 3 once
 per variant below (same SFT/reward model, same PPO seed), then step 4 on every checkpoint (the SFT
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/toy_ablation", help="Working folder (checkpoints, logs, results).")
     parser.add_argument("--report", default="docs/results.md")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--ppo_steps", type=int, default=400)
+    parser.add_argument("--ppo_steps", type=int, default=300)
     parser.add_argument("--variants", nargs="+", default=None, help=f"Subset of {[v.name for v in VARIANTS]}.")
     parser.add_argument("--jobs", type=int, default=2, help="Single-process PPO runs in parallel (one core each).")
     parser.add_argument("--quick", action="store_true",
