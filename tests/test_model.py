@@ -134,3 +134,35 @@ def test_save_hf_checkpoint_non_main_writes_nothing(tmp_path, toy_tokenizer):
     save_hf_checkpoint(model, toy_tokenizer, out, is_main=False)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_zero3_construction_partitions_the_weights(tmp_path, toy_tokenizer):
+    """Under ZeRO-3 the model must come out partitioned (transformers' DeepSpeed hook kept alive while
+    building); run in a subprocess so the process group does not leak into other tests."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from utils.toy_world import create_tiny_llama
+
+    save_hf_checkpoint(create_tiny_llama(toy_tokenizer, hidden_size=32, num_layers=1), toy_tokenizer, tmp_path / "m")
+    script = f"""
+from utils import dist
+from utils.ds_config import train_ds_config
+from utils.model import create_causal_lm, create_scalar_model, load_tokenizer
+dist.init_distributed()
+tok = load_tokenizer({str(tmp_path / 'm')!r})
+for stage in (3, 0):
+    config = train_ds_config(micro_batch_size=2, gradient_accumulation_steps=1, world_size=1, zero_stage=stage, dtype="fp32")
+    for build in (create_causal_lm, create_scalar_model):
+        model = build({str(tmp_path / 'm')!r}, tok, "fp32", config)
+        weights = [p for p in model.parameters()]
+        partitioned = all(hasattr(p, "ds_id") and p.numel() == 0 for p in weights)
+        print(stage, build.__name__, partitioned)
+"""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line[:1] in "03"]
+    assert lines == ["3 create_causal_lm True", "3 create_scalar_model True",
+                     "0 create_causal_lm False", "0 create_scalar_model False"]
