@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from step4_evaluation.plots import save_figure
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -211,8 +213,7 @@ def curves_figure(s: Settings, path: Path) -> None:
     axes[0].set_ylabel("rollout batch (mean over seeds, smoothed)")
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def findings(table: dict[str, dict], s: Settings) -> list[str]:

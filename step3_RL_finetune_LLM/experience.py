@@ -130,7 +130,11 @@ class ExperienceMaker:
         answers = [extract_answer(t) for t in texts]
         confidence = torch.tensor([resolve_confidence(p, self.settings.missing_confidence) for p in parsed])
         correct = oracle_quality(answers, golds) if golds is not None else None
-        quality = correct if self.settings.quality == "oracle" else self._model_quality(prompt_ids, responses)
+        # where the confidence span starts, decoded once for whichever of its two users is on
+        needs_cuts = self.settings.alignment_on_confidence_tokens or (
+            self.settings.quality == "model" and not self.settings.score_with_confidence)
+        cuts = [confidence_cut_index(r, self.tokenizer) for r in responses] if needs_cuts else None
+        quality = correct if self.settings.quality == "oracle" else self._model_quality(prompt_ids, responses, cuts)
         reward = scoped_dual_reward(quality.float(), confidence.float(), self.settings)
 
         self.engines.actor.eval()
@@ -142,16 +146,16 @@ class ExperienceMaker:
         rewards, kl = token_rewards(log_probs, ref_log_probs, reward["total"].to(device), mask, self.settings.kl_ctl)
         advantages, returns = gae(rewards, values, mask, self.settings.gamma, self.settings.lam)
         if self.settings.alignment_on_confidence_tokens:
-            cuts = torch.tensor([confidence_cut_index(r, self.tokenizer) for r in responses], device=device)
-            on_confidence = (torch.arange(mask.shape[1], device=device)[None, :] >= cuts[:, None]).float() * mask
+            starts = torch.tensor(cuts, device=device)
+            on_confidence = (torch.arange(mask.shape[1], device=device)[None, :] >= starts[:, None]).float() * mask
             advantages = advantages + reward["confidence_terms"].to(device)[:, None] * on_confidence
         experience = Experience(sequences, attention_mask, width, mask, log_probs, values, advantages, returns)
         experience.stats = self._stats(quality, confidence, parsed, correct, reward, kl, mask)
         return experience
 
-    def _model_quality(self, prompt_ids, responses) -> torch.Tensor:
-        cuts = [len(r) if self.settings.score_with_confidence else confidence_cut_index(r, self.tokenizer)
-                for r in responses]
+    def _model_quality(self, prompt_ids, responses, cuts: list[int] | None) -> torch.Tensor:
+        """Reward-model scores of the answers (``cuts`` None: of the whole responses, confidence kept)."""
+        cuts = [len(r) for r in responses] if self.settings.score_with_confidence else cuts
         batch = reward_model_inputs(prompt_ids, responses, cuts, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
         engine = self.engines.reward
         batch = {k: v.to(engine.device) for k, v in batch.items()}

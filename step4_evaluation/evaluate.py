@@ -28,11 +28,11 @@ from tqdm import tqdm
 
 from step4_evaluation import judges
 from step4_evaluation.benchmarks import load_benchmark
-from step4_evaluation.metrics import auroc, summarize
+from step4_evaluation.metrics import auroc, confidence_and_correct, summarize
 from step4_evaluation.plots import reliability_diagram
 from step4_evaluation.prompting import get_method
 from step4_evaluation.retrieval import BM25Retriever, load_passages, plot_sweep, threshold_sweep
-from utils.confidence import MISSING_CONFIDENCE, count_statuses
+from utils.confidence import MISSING_CONFIDENCE, ParsedConfidence, count_statuses
 from utils.data import encode_prompt
 from utils.errors import UserError
 from utils.generation import GenerationSettings, generate, response_ids
@@ -226,26 +226,19 @@ def summarize_records(records: list[dict], args: argparse.Namespace) -> dict[str
     # gets wrong scores well): report it also over the answers that state one
     stated = [r for r in judged if r["confidence"] is not None]
     summary["n_stated"] = len(stated)
-    summary["auroc_stated"] = auroc(*_conf_correct(stated, args.missing_confidence)) if stated else float("nan")
+    summary["auroc_stated"] = auroc(*confidence_and_correct(stated, args.missing_confidence)) if stated else float("nan")
     summary["confidence_statuses"] = count_statuses(_parsed(r) for r in judged)
     summary["by_difficulty"] = {}
     for level in sorted({r["difficulty"] for r in judged if r.get("difficulty")}):
         group = [r for r in judged if r.get("difficulty") == level]
-        conf, corr = _conf_correct(group, args.missing_confidence)
+        conf, corr = confidence_and_correct(group, args.missing_confidence)
         summary["by_difficulty"][level] = {"n": len(group), "accuracy": float(corr.mean()),
                                            "mean_confidence": float(conf.mean()), "auroc": auroc(conf, corr)}
     return summary
 
 
-def _parsed(record: dict):
-    from utils.confidence import ParsedConfidence
-
+def _parsed(record: dict) -> ParsedConfidence:
     return ParsedConfidence(record["confidence"], record["confidence_status"])
-
-
-def _conf_correct(records: list[dict], missing: float) -> tuple[np.ndarray, np.ndarray]:
-    conf = np.array([missing if r["confidence"] is None else r["confidence"] for r in records], dtype=float)
-    return conf, np.array([r["correct"] for r in records], dtype=int)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -317,7 +310,7 @@ def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Jud
     write_jsonl(folder / "predictions.jsonl", records)
     summary = summarize_records(records, args)
     summary.update(checkpoint=row.path, benchmark=row.benchmark, method=row.method, judge=judging.name(row.benchmark))
-    conf, corr = _conf_correct([r for r in records if r["correct"] is not None], args.missing_confidence)
+    conf, corr = confidence_and_correct([r for r in records if r["correct"] is not None], args.missing_confidence)
     reliability_diagram(conf, corr, folder / "reliability.png", n_bins=args.n_bins, title=row.key)
     if retriever is not None:
         summary["retrieval"] = adaptive_retrieval(row, model, tokenizer, questions, records, method, judging,

@@ -280,6 +280,17 @@ def _stated_and_correct(records_or_arrays: Any) -> tuple[np.ndarray, np.ndarray]
     return stated, np.array([y for _, y in parsed], dtype=int)
 
 
+def _fill_missing(stated: np.ndarray, missing_confidence: float) -> np.ndarray:
+    return np.where(np.isnan(stated), missing_confidence, stated)
+
+
+def confidence_and_correct(records: Iterable[Mapping[str, Any]],
+                           missing_confidence: float = MISSING_CONFIDENCE_DEFAULT) -> tuple[np.ndarray, np.ndarray]:
+    """``(confidence, correct)`` arrays of records, missing confidences filled as :func:`summarize` does."""
+    stated, correct = _stated_and_correct(list(records))
+    return _fill_missing(stated, missing_confidence), correct
+
+
 def summarize(
     records_or_arrays: Iterable[Mapping[str, Any]] | tuple[npt.ArrayLike, npt.ArrayLike],
     missing_confidence: float = MISSING_CONFIDENCE_DEFAULT,
@@ -307,7 +318,7 @@ def summarize(
     if stated.size == 0:
         raise ValueError("no examples to summarize")
     missing = np.isnan(stated)
-    conf, corr = _validate(np.where(missing, missing_confidence, stated), correct)
+    conf, corr = _validate(_fill_missing(stated, missing_confidence), correct)
     pearson_r, pearson_p = pearson(conf, corr)
     spearman_r, spearman_p = spearman(conf, corr)
     summary: dict[str, Any] = {

@@ -54,13 +54,18 @@ def reliability_diagram(
     bottom.bar(left, bins.counts, width=width, align="edge", edgecolor="black", color="tab:gray")
     bottom.set(xlabel="stated confidence", ylabel="count")
     fig.tight_layout()
+    return save_figure(fig, path)
 
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
+    """Write ``fig`` as PNG to a temporary file beside ``path``, then ``os.replace`` it into place, so
+    readers never see a partial PNG. Returns the written path."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=100)
+            fig.savefig(handle, format="png", dpi=dpi)
         os.replace(tmp, target)
     except BaseException:
         os.unlink(tmp)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from step4_evaluation.plots import save_figure
 from utils.data import DataError, check_row, json_lines
 
 DEFAULT_THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2)) + (1.01,)
@@ -63,8 +64,6 @@ def threshold_sweep(confidence: Sequence[float], correct_without: Sequence[int],
 
 def plot_sweep(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """Accuracy and retrieval rate against τ, written atomically."""
-    import os
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -79,9 +78,4 @@ def plot_sweep(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
     ax.set_title(title)
     ax.legend(loc="best")
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, out)
-    return out
+    return save_figure(fig, path, dpi=110)
