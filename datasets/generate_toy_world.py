@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verification_examples", type=int, default=ToyWorldConfig.verification_examples)
     parser.add_argument("--answer_zipf_exponent", type=float, default=ToyWorldConfig.answer_zipf_exponent)
     parser.add_argument("--zipf_exponent", type=float, default=ToyWorldConfig.zipf_exponent)
+    parser.add_argument("--name_length_cue", action=argparse.BooleanOptionalAction,
+                        default=ToyWorldConfig.name_length_cue,
+                        help="Frequent countries get short names, so the model can see how familiar a country is "
+                             "(--no-name_length_cue: name length says nothing).")
     parser.add_argument("--vocab_size", type=int, default=512)
     parser.add_argument("--country_tokens", action="store_true",
                         help="One token per country name (rarely seen countries keep rarely trained embeddings).")
@@ -38,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     config = ToyWorldConfig(seed=args.seed, n_countries=args.n_countries, sft_examples=args.sft_examples,
                             reward_pairs=args.reward_pairs,
                             verification_examples=args.verification_examples,
-                            answer_zipf_exponent=args.answer_zipf_exponent, zipf_exponent=args.zipf_exponent)
+                            answer_zipf_exponent=args.answer_zipf_exponent, zipf_exponent=args.zipf_exponent,
+                            name_length_cue=args.name_length_cue)
     sizes = generate(args.out_dir, config)
     tokenizer = train_tokenizer(corpus_texts(args.out_dir), vocab_size=args.vocab_size,
                                 whole_words=country_names(args.out_dir) if args.country_tokens else ())

@@ -1,6 +1,7 @@
 """CONQORD on the toy world with seeds and ablations; writes ``docs/results.md``.
 
     bash experiments/toy_ablation.sh [--quick] [--seeds 1 2 3] [--ppo_steps 300] [--out runs/toy_ablation]
+                                     [--world_flags=--no-name_length_cue]
 
 For every seed: generate the toy world, run step 1 (SFT) and step 2 (reward model), then step 3 once
 per variant below (same SFT/reward model, same PPO seed), then step 4 on every checkpoint (the SFT
@@ -13,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,7 @@ VARIANTS = (
     Variant("conqord_a1", ("--alpha", "1"), "CONQORD, α = 1, R_A / N (mean)"),
     Variant("conqord_a2", ("--alpha", "2"), "CONQORD, α = 2, R_A / N (mean)"),
     Variant("conqord_a4", ("--alpha", "4"), "CONQORD, α = 4, R_A / N (mean)"),
+    Variant("conqord_a8", ("--alpha", "8"), "CONQORD, α = 8, R_A / N (mean)"),
     Variant("conqord_sum", ("--alpha", "0.5", "--align_reward_reduction", "sum"), "the authors' summed R_A, α = 0.5"),
     Variant("scope_device", ("--alpha", "2", "--align_reward_scope", "device", "--per_device_generation_batch_size",
                              "32"), "α = 2, R_A per device (2 ranks × 32 rollouts)", nproc=2),
@@ -53,8 +56,10 @@ VARIANTS = (
     Variant("rm_kept", ("--alpha", "2", "--quality_reward", "model", "--score_with_confidence"),
             "α = 2, learned reward model scoring the text with its confidence (the authors')"),
     Variant("brier", ("--alpha", "2", "--confidence_scoring_rule", "brier"), "α = 2 + Brier score on the confidence"),
-    Variant("conf_tokens", ("--alpha", "2", "--alignment_on_confidence_tokens"),
-            "α = 2, R_A as advantage of the confidence tokens only"),
+    Variant("conf_tokens_a4", ("--alpha", "4", "--alignment_on_confidence_tokens"),
+            "CONQORD, α = 4, R_A as advantage of the confidence tokens only"),
+    Variant("conf_tokens", ("--alpha", "8", "--alignment_on_confidence_tokens"),
+            "CONQORD, α = 8, R_A as advantage of the confidence tokens only"),
 )
 SFT_METHODS = ("zero_shot", "vanilla", "topk", "cot")
 METRICS = ("accuracy", "ece", "auroc", "auroc_stated", "pearson", "spearman", "brier", "parse_failure_rate")
@@ -67,8 +72,7 @@ class Settings:
     ppo_steps: int
     variants: tuple[Variant, ...]
     jobs: int
-    world_flags: list[str] = field(default_factory=list)
-    step_flags: dict[int, list[str]] = field(default_factory=dict)
+    world_flags: tuple[str, ...] = ()
 
 
 def _env(seed_dir: Path, nproc: int = 1) -> dict[str, str]:
@@ -95,9 +99,9 @@ def prepare_seed(seed: int, s: Settings) -> Path:
     if not (seed_dir / "out/step2/config.json").is_file():
         _run([sys.executable, "datasets/generate_toy_world.py", "--seed", str(seed), "--out_dir", str(seed_dir / "data"),
               "--model_dir", str(seed_dir / "base"), *s.world_flags], env, seed_dir / "logs/world.log")
-        _run(["bash", "step1_supervised_finetuning_LM/run_step1.sh", "--seed", str(seed), *s.step_flags.get(1, [])],
+        _run(["bash", "step1_supervised_finetuning_LM/run_step1.sh", "--seed", str(seed)],
              env, seed_dir / "logs/step1.log")
-        _run(["bash", "step2_reward_model/run_step2.sh", "--seed", str(seed), *s.step_flags.get(2, [])],
+        _run(["bash", "step2_reward_model/run_step2.sh", "--seed", str(seed)],
              env, seed_dir / "logs/step2.log")
     return seed_dir
 
@@ -107,7 +111,7 @@ def train_variant(seed_dir: Path, seed: int, variant: Variant, s: Settings) -> N
     if (out / "actor/config.json").is_file():
         return
     _run(["bash", "step3_RL_finetune_LLM/run_step3.sh", "--seed", str(seed), "--max_steps", str(s.ppo_steps),
-          "--save_interval", "0", *variant.flags, "--output_dir", str(out), *s.step_flags.get(3, [])],
+          "--save_interval", "0", *variant.flags, "--output_dir", str(out)],
          _env(seed_dir, variant.nproc), seed_dir / f"logs/step3_{variant.name}.log")
 
 
@@ -216,29 +220,42 @@ def curves_figure(s: Settings, path: Path) -> None:
     save_figure(fig, path)
 
 
-def findings(table: dict[str, dict], s: Settings) -> list[str]:
-    """The issue's targets, checked on the numbers (not written by hand)."""
-    names = [v.name for v in s.variants]
-    alpha_grid = [n for n in names if n.startswith("conqord_a")]
-    if not alpha_grid or "ppo_alpha0" not in names:
-        return []
-    best = max(alpha_grid, key=lambda n: _mean(table[f"toy: {n}/zero_shot"]["auroc"]))
+def _best(table: dict[str, dict], names: list[str]) -> str:
+    return max(names, key=lambda n: _mean(table[f"toy: {n}/zero_shot"]["auroc"]))
+
+
+def _target_lines(table: dict[str, dict], best: str, form: str) -> list[str]:
     b, a0, sft = (table[f"toy: {n}/zero_shot"] for n in (best, "ppo_alpha0", "sft"))
-    lines = [f"- Best α on greedy-confidence AUROC (held-out countries): **{best}**."]
+    lines = [f"- {form}: best α on greedy-confidence AUROC (held-out countries) is **{best}**."]
     for metric, target in (("auroc", 0.15), ("spearman", 0.3)):
         # a constant confidence has AUROC 0.5 by definition and no Spearman correlation: counted as 0
         d0 = _mean_rank_stat(b[metric]) - _mean_rank_stat(a0[metric])
         ds = _mean_rank_stat(b[metric]) - _mean_rank_stat(sft[metric])
         met = "met" if d0 >= target and ds >= target else "**not met**"
-        lines.append(f"- {metric}: {best} − PPO α=0 = {d0:+.3f}, {best} − SFT = {ds:+.3f} (target ≥ {target}: {met}).")
+        lines.append(f"  - {metric}: {best} − PPO α=0 = {d0:+.3f}, {best} − SFT = {ds:+.3f} (target ≥ {target}: {met}).")
     dacc = _mean(b["accuracy"]) - _mean(a0["accuracy"])
-    lines.append(f"- Accuracy: {best} − PPO α=0 = {100 * dacc:+.1f} points "
+    lines.append(f"  - Accuracy: {best} − PPO α=0 = {100 * dacc:+.1f} points "
                  f"(target ≥ −2: {'met' if dacc >= -0.02 else '**not met**'}).")
+    return lines
+
+
+def findings(table: dict[str, dict], s: Settings) -> list[str]:
+    """The issue's targets, checked on the numbers (not written by hand), for each form of the reward."""
+    names = [v.name for v in s.variants]
+    forms = {"The paper's form (α·R_A in the sequence reward)": [n for n in names if n.startswith("conqord_a")],
+             "R_A as the confidence tokens' advantage": [n for n in names if n.startswith("conf_tokens")]}
+    forms = {form: grid for form, grid in forms.items() if grid}
+    if not forms or "ppo_alpha0" not in names:
+        return []
+    lines = [line for form, grid in forms.items() for line in _target_lines(table, _best(table, grid), form)]
+    a0 = table["toy: ppo_alpha0/zero_shot"]
     if "conqord_sum" in names:
         dsum = _mean(table["toy: conqord_sum/zero_shot"]["accuracy"]) - _mean(a0["accuracy"])
         lines.append(f"- The authors' summed R_A (α = 0.5): accuracy {100 * dsum:+.1f} points against PPO α=0.")
     if "brier" in names:
-        lines.append(f"- ECE: Brier variant {_ms(table['toy: brier/zero_shot']['ece'])} vs {best} {_ms(b['ece'])}.")
+        best = _best(table, [n for grid in forms.values() for n in grid])
+        lines.append(f"- ECE: Brier variant {_ms(table['toy: brier/zero_shot']['ece'])} vs {best} "
+                     f"{_ms(table[f'toy: {best}/zero_shot']['ece'])}.")
     return lines
 
 
@@ -286,17 +303,20 @@ def write_report(s: Settings, path: Path) -> Path:
     return path
 
 
+DIRECTION_VARIANT = "conf_tokens"  # the form and α that the full study found best
+
+
 def check_direction(s: Settings) -> None:
     """--assert_direction: CONQORD's AUROC (mean over seeds) must exceed the α = 0 control's."""
     table = aggregate(s)
-    conqord = _mean(table["toy: conqord_a2/zero_shot"]["auroc"])
+    conqord = _mean(table[f"toy: {DIRECTION_VARIANT}/zero_shot"]["auroc"])
     control = _mean(table["toy: ppo_alpha0/zero_shot"]["auroc"])
     if not conqord > control:
-        raise SystemExit(f"direction check failed: AUROC CONQORD α=2 {conqord:.3f} <= PPO α=0 {control:.3f}")
-    print(f"direction check passed: AUROC CONQORD α=2 {conqord:.3f} > PPO α=0 {control:.3f}")
+        raise SystemExit(f"direction check failed: AUROC {DIRECTION_VARIANT} {conqord:.3f} <= PPO α=0 {control:.3f}")
+    print(f"direction check passed: AUROC {DIRECTION_VARIANT} {conqord:.3f} > PPO α=0 {control:.3f}")
 
 
-QUICK_VARIANTS = ("ppo_alpha0", "conqord_a2", "conqord_sum", "brier", "conf_tokens")
+QUICK_VARIANTS = ("ppo_alpha0", DIRECTION_VARIANT, "conqord_sum", "brier")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,22 +327,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ppo_steps", type=int, default=300)
     parser.add_argument("--variants", nargs="+", default=None, help=f"Subset of {[v.name for v in VARIANTS]}.")
     parser.add_argument("--jobs", type=int, default=2, help="Single-process PPO runs in parallel (one core each).")
+    parser.add_argument("--world_flags", default="",
+                        help="Extra flags for datasets/generate_toy_world.py, e.g. --world_flags=--no-name_length_cue.")
     parser.add_argument("--quick", action="store_true",
-                        help="A small world, one seed, 60 PPO steps, five variants: checks the harness in minutes.")
+                        help=f"One seed, four variants ({', '.join(QUICK_VARIANTS)}): the effect in minutes.")
     parser.add_argument("--assert_direction", action="store_true",
-                        help="Exit non-zero unless CONQORD (α=2) has a higher AUROC than PPO α=0.")
+                        help=f"Exit non-zero unless {DIRECTION_VARIANT} has a higher AUROC than PPO α=0.")
     args = parser.parse_args(argv)
     names = args.variants or (QUICK_VARIANTS if args.quick else [v.name for v in VARIANTS])
     unknown = sorted(set(names) - {v.name for v in VARIANTS})
     if unknown:
         parser.error(f"unknown --variants {unknown}")
     settings = Settings(out=Path(args.out), seeds=args.seeds[:1] if args.quick else args.seeds,
-                        ppo_steps=60 if args.quick else args.ppo_steps,
-                        variants=tuple(v for v in VARIANTS if v.name in names), jobs=args.jobs)
-    if args.quick:
-        settings.world_flags = ["--n_countries", "120", "--sft_examples", "3000", "--reward_pairs", "1000"]
-        settings.step_flags = {1: ["--num_train_epochs", "2"], 2: ["--num_train_epochs", "1"],
-                               3: ["--freezing_actor_steps", "10"]}
+                        ppo_steps=args.ppo_steps, variants=tuple(v for v in VARIANTS if v.name in names),
+                        jobs=args.jobs, world_flags=tuple(shlex.split(args.world_flags)))
     start = time.time()
     run_all(settings)
     report = write_report(settings, Path(args.report))

@@ -56,6 +56,7 @@ class ToyWorldConfig:
     test_fraction: float = 0.05
     easy_min_count: int = 8  # a fact seen at least this often in SFT is "easy"
     hard_max_count: int = 1  # at most this often: "hard"
+    name_length_cue: bool = True  # frequent countries get short names (Zipf's law of abbreviation)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,14 @@ def _names(rng: random.Random, n: int, syllables: tuple[int, int], taken: set[st
 def make_facts(config: ToyWorldConfig) -> list[Fact]:
     rng = random.Random(config.seed)
     taken: set[str] = set()
-    countries = _names(rng, config.n_countries, (2, 3), taken)
+    if config.name_length_cue:
+        # As in real text, the most often mentioned names are the shortest: one syllable for the most
+        # frequent third, two for the next, three for the rarest. Familiarity becomes visible.
+        tier = -(-config.n_countries // 3)
+        countries = [name for syllables in (1, 2, 3)
+                     for name in _names(rng, tier, (syllables, syllables), taken)][:config.n_countries]
+    else:
+        countries = _names(rng, config.n_countries, (2, 3), taken)
     capitals = _names(rng, config.n_capitals, (2, 2), taken)
     facts = []
     for rank, country in enumerate(countries, start=1):

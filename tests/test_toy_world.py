@@ -1,0 +1,44 @@
+"""The toy world's structure: disjoint pools, graded difficulty, and the optional name-length cue."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from utils.toy_world import ToyWorldConfig, difficulty, make_facts
+
+_SYLLABLE = re.compile(r"(ai|ou|[aeiou])")
+
+
+def _syllables(name: str) -> int:
+    return len(_SYLLABLE.findall(name.lower()))
+
+
+def test_ppo_and_eval_ask_about_disjoint_countries():
+    facts = make_facts(ToyWorldConfig(n_countries=40))
+    ppo = {f.country for f in facts if f.pool == "ppo"}
+    evaluation = {f.country for f in facts if f.pool == "eval"}
+    assert ppo and evaluation and not ppo & evaluation
+    assert len(evaluation) == 10  # every fourth country
+
+
+@pytest.mark.parametrize(("count", "level"), [(0, "hard"), (1, "hard"), (2, "medium"), (7, "medium"), (8, "easy")])
+def test_difficulty_levels_follow_sft_counts(count, level):
+    assert difficulty(count, ToyWorldConfig()) == level
+
+
+def test_name_length_cue_gives_frequent_countries_short_names():
+    config = ToyWorldConfig(n_countries=60)
+    ranked = sorted({(f.rank, f.country) for f in make_facts(config)})
+    syllables = [_syllables(name) for _, name in ranked]
+    assert syllables == [1] * 20 + [2] * 20 + [3] * 20
+    assert len({name for _, name in ranked}) == 60
+
+
+def test_without_the_cue_name_length_says_nothing_about_rank():
+    ranked = sorted({(f.rank, f.country) for f in make_facts(ToyWorldConfig(n_countries=300, name_length_cue=False))})
+    by_tier = Counter()
+    for rank, name in ranked:
+        by_tier[(rank - 1) // 100] += _syllables(name)
+    assert max(by_tier.values()) - min(by_tier.values()) < 25  # about 250 syllables per tier of 100 names
