@@ -39,27 +39,32 @@ class Variant:
     nproc: int = 1
 
 
+# The setting the study found best (R_A as the confidence tokens' advantage, α = 32); the ablations
+# below change one thing each against it.
+BEST = ("--alpha", "32", "--alignment_on_confidence_tokens")
 VARIANTS = (
     Variant("ppo_alpha0", ("--alpha", "0"), "plain RLHF (α = 0), same budget"),
-    Variant("conqord_a1", ("--alpha", "1"), "CONQORD, α = 1, R_A / N (mean)"),
-    Variant("conqord_a2", ("--alpha", "2"), "CONQORD, α = 2, R_A / N (mean)"),
-    Variant("conqord_a4", ("--alpha", "4"), "CONQORD, α = 4, R_A / N (mean)"),
-    Variant("conqord_a8", ("--alpha", "8"), "CONQORD, α = 8, R_A / N (mean)"),
-    Variant("conqord_sum", ("--alpha", "0.5", "--align_reward_reduction", "sum"), "the authors' summed R_A, α = 0.5"),
-    Variant("scope_device", ("--alpha", "2", "--align_reward_scope", "device", "--per_device_generation_batch_size",
-                             "32"), "α = 2, R_A per device (2 ranks × 32 rollouts)", nproc=2),
-    Variant("scope_global", ("--alpha", "2", "--per_device_generation_batch_size", "32"),
-            "α = 2, R_A gathered over 2 ranks × 32 rollouts", nproc=2),
-    Variant("greedy", ("--alpha", "2", "--greedy_rollouts"), "α = 2, greedy rollouts (the authors')"),
-    Variant("rm_stripped", ("--alpha", "2", "--quality_reward", "model"),
-            "α = 2, learned reward model as quality, confidence stripped"),
-    Variant("rm_kept", ("--alpha", "2", "--quality_reward", "model", "--score_with_confidence"),
-            "α = 2, learned reward model scoring the text with its confidence (the authors')"),
-    Variant("brier", ("--alpha", "2", "--confidence_scoring_rule", "brier"), "α = 2 + Brier score on the confidence"),
+    Variant("conqord_a2", ("--alpha", "2"), "CONQORD as in the paper (α·R_A in the sequence reward), α = 2, R_A / N"),
+    Variant("conqord_a4", ("--alpha", "4"), "the same, α = 4"),
+    Variant("conqord_a8", ("--alpha", "8"), "the same, α = 8"),
+    Variant("conqord_a16", ("--alpha", "16"), "the same, α = 16"),
+    Variant("conqord_sum", ("--alpha", "0.5", "--align_reward_reduction", "sum"),
+            "the authors' summed R_A, α = 0.5 (= the mean form at α = 32 with 64 rollouts)"),
     Variant("conf_tokens_a4", ("--alpha", "4", "--alignment_on_confidence_tokens"),
-            "CONQORD, α = 4, R_A as advantage of the confidence tokens only"),
-    Variant("conf_tokens", ("--alpha", "8", "--alignment_on_confidence_tokens"),
-            "CONQORD, α = 8, R_A as advantage of the confidence tokens only"),
+            "beyond the paper: α·R_A as the advantage of the confidence tokens only, α = 4"),
+    Variant("conf_tokens_a8", ("--alpha", "8", "--alignment_on_confidence_tokens"), "the same, α = 8"),
+    Variant("conf_tokens", BEST, "the same, α = 32 (best)"),
+    Variant("scope_device", (*BEST, "--align_reward_scope", "device", "--per_device_generation_batch_size", "32"),
+            "best, R_A per device (2 ranks × 32 rollouts; the authors')", nproc=2),
+    Variant("scope_global", (*BEST, "--per_device_generation_batch_size", "32"),
+            "best, R_A gathered over 2 ranks × 32 rollouts", nproc=2),
+    Variant("greedy", (*BEST, "--greedy_rollouts"), "best, greedy rollouts (the authors')"),
+    Variant("rm_stripped", (*BEST, "--quality_reward", "model"),
+            "best, learned reward model as quality (confidence stripped before scoring)"),
+    Variant("rm_kept", (*BEST, "--quality_reward", "model", "--score_with_confidence"),
+            "best, learned reward model scoring the text with its confidence (the authors')"),
+    Variant("brier", (*BEST, "--confidence_scoring_rule", "brier", "--confidence_scoring_weight", "8"),
+            "best + Brier score of the confidence (weight 8) on the confidence tokens"),
 )
 SFT_METHODS = ("zero_shot", "vanilla", "topk", "cot")
 METRICS = ("accuracy", "ece", "auroc", "auroc_stated", "pearson", "spearman", "brier", "parse_failure_rate")
@@ -199,7 +204,7 @@ def curves_figure(s: Settings, path: Path) -> None:
     axes = fig.subplots(1, 4)
     keys = ("accuracy", "alignment_reward", "spearman_quality_confidence", "wrong_way_share")
     for variant in s.variants:
-        if variant.name not in ("ppo_alpha0", "conqord_a2", "conqord_sum", "brier", "conf_tokens"):
+        if variant.name not in ("ppo_alpha0", "conqord_a8", "conqord_sum", "brier", "conf_tokens"):
             continue
         logs = [[json.loads(line) for line in (s.out / f"seed{seed}/out" / variant.name / "train_log.jsonl")
                  .read_text().splitlines()] for seed in s.seeds]
@@ -250,8 +255,11 @@ def findings(table: dict[str, dict], s: Settings) -> list[str]:
     lines = [line for form, grid in forms.items() for line in _target_lines(table, _best(table, grid), form)]
     a0 = table["toy: ppo_alpha0/zero_shot"]
     if "conqord_sum" in names:
-        dsum = _mean(table["toy: conqord_sum/zero_shot"]["accuracy"]) - _mean(a0["accuracy"])
-        lines.append(f"- The authors' summed R_A (α = 0.5): accuracy {100 * dsum:+.1f} points against PPO α=0.")
+        summed = table["toy: conqord_sum/zero_shot"]
+        dsum = _mean(summed["accuracy"]) - _mean(a0["accuracy"])
+        lines.append(f"- The authors' summed R_A (α = 0.5): accuracy {100 * dsum:+.1f} points against PPO α=0; "
+                     f"AUROC {_ms(summed['auroc'])} (over stated confidences only: {_ms(summed['auroc_stated'])}; "
+                     f"parse failures {_ms(summed['parse_failure_rate'])}).")
     if "brier" in names:
         best = _best(table, [n for grid in forms.values() for n in grid])
         lines.append(f"- ECE: Brier variant {_ms(table['toy: brier/zero_shot']['ece'])} vs {best} "
@@ -265,7 +273,7 @@ def write_report(s: Settings, path: Path) -> Path:
     figures.mkdir(parents=True, exist_ok=True)
     curves_figure(s, figures / "training_curves.png")
     first = s.out / f"seed{s.seeds[0]}" / "results"
-    for name in ("sft", "ppo_alpha0", "conqord_a2", "brier"):
+    for name in ("sft", "ppo_alpha0", "conqord_sum", "conf_tokens", "brier"):
         source = first / name / "toy/zero_shot/reliability.png"
         if source.is_file():
             shutil.copyfile(source, figures / f"reliability_{name}.png")

@@ -22,7 +22,8 @@ timed "toy world" python datasets/generate_toy_world.py --seed "${CONQORD_TOY_SE
 timed "step 1 (SFT)" bash step1_supervised_finetuning_LM/run_step1.sh
 timed "step 2 (reward model)" bash step2_reward_model/run_step2.sh
 timed "step 3 (PPO, alpha=0)" bash step3_RL_finetune_LLM/run_step3.sh --alpha 0 --output_dir "$TOY_OUT/step3_alpha0" "$@"
-timed "step 3 (CONQORD)" bash step3_RL_finetune_LLM/run_step3.sh "$@"
+# CONQORD in the form the toy study found best (docs/results.md): alpha*R_A as the confidence tokens' advantage
+timed "step 3 (CONQORD)" bash step3_RL_finetune_LLM/run_step3.sh --alpha 32 --alignment_on_confidence_tokens "$@"
 timed "step 4 (evaluation)" bash step4_evaluation/run_step4.sh
 echo "=== wall time per step (s)"
 for name in "toy world" "step 1 (SFT)" "step 2 (reward model)" "step 3 (PPO, alpha=0)" "step 3 (CONQORD)" "step 4 (evaluation)"; do
