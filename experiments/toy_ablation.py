@@ -277,7 +277,7 @@ def write_report(s: Settings, path: Path) -> Path:
         source = first / name / "toy/zero_shot/reliability.png"
         if source.is_file():
             shutil.copyfile(source, figures / f"reliability_{name}.png")
-    levels = sorted({k.split("_")[-1] for e in table.values() for k in e if k.startswith("auroc_")})
+    levels = sorted({k.removeprefix("accuracy_") for e in table.values() for k in e if k.startswith("accuracy_")})
     header = ["row", *METRICS, *(f"auroc {lvl}" for lvl in levels), *(f"conf {lvl}" for lvl in levels)]
     lines = [
         "# CONQORD on the toy world: results",

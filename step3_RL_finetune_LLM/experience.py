@@ -99,7 +99,9 @@ def scoped_dual_reward(quality: torch.Tensor, confidence: torch.Tensor, settings
         total = torch.clamp(quality + confidence_terms, -settings.clip, settings.clip)
     return {"total": total, "confidence_terms": confidence_terms, "alignment": reward.alignment[mine],
             "scope_size": scope_q.numel(),
-            "wrong_way_share": wrong_way_share(scope_c, settings.alpha, settings.reduction) if settings.alpha > 0 else 0.0,
+            # routed to the confidence tokens, R_A never reaches the answer: dR/dr is 1 for every rollout
+            "wrong_way_share": (wrong_way_share(scope_c, settings.alpha, settings.reduction)
+                                if settings.alpha > 0 and not settings.alignment_on_confidence_tokens else 0.0),
             "spearman_quality_confidence": float(spearman)}
 
 

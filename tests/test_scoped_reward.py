@@ -103,5 +103,8 @@ def test_confidence_terms_go_to_the_confidence_tokens_only_when_asked():
     assert torch.allclose(plain["total"], q + plain["alignment"])  # alpha = 1
     assert torch.allclose(routed["total"], q)  # the sequence reward keeps the quality only
     assert torch.allclose(routed["confidence_terms"], plain["alignment"])
+    big = dict(base, alpha=32.0)  # dR/dr = 1 + 32·(c_i − c̄) < 0 for the low-confidence rollout
+    assert scoped_dual_reward(q, c, RewardSettings(**big))["wrong_way_share"] > 0
+    assert scoped_dual_reward(q, c, RewardSettings(**big, alignment_on_confidence_tokens=True))["wrong_way_share"] == 0
     scored = scoped_dual_reward(q, c, RewardSettings(**base, scoring_rule="brier", scoring_weight=2.0))
     assert torch.allclose(scored["total"], q + plain["alignment"] - 2.0 * (c - q) ** 2)
