@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import time
@@ -127,13 +128,27 @@ def _read_jsonl(file: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def generation_source(checkpoint: str, args: argparse.Namespace) -> str:
+    """What a cached response depends on: the checkpoint's files (name, size, modification time; a hub
+    name as given) and the generation flags. A retrained checkpoint or a regenerated world under the
+    same names must not be answered from an earlier run's cache."""
+    path = Path(checkpoint)
+    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else []
+    parts = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files] or [checkpoint]
+    parts += [f"max_new_tokens={args.max_new_tokens}", f"max_prompt_len={args.max_prompt_len}", f"dtype={args.dtype}"]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def generate_missing(model, tokenizer, prompts: dict[str, str], file: Path, batch_size: int,
-                     max_new_tokens: int, max_prompt_len: int, desc: str,
+                     max_new_tokens: int, max_prompt_len: int, desc: str, source: str,
                      special_tokens: bool = True) -> dict[str, str]:
     """Greedy responses for the prompts not yet in ``file`` (appended as each batch finishes); all responses.
 
-    ``special_tokens=False`` for chat-templated prompts, which already hold their BOS."""
-    done = {r["id"]: r["response"] for r in _read_jsonl(file)}
+    A cached response is reused only for the same prompt and the same ``source`` (see
+    :func:`generation_source`); other lines stay in the file, unused. ``special_tokens=False`` for
+    chat-templated prompts, which already hold their BOS."""
+    done = {r["id"]: r["response"] for r in _read_jsonl(file)
+            if r.get("source") == source and r.get("prompt") == prompts.get(r["id"])}
     todo = [(i, p) for i, p in prompts.items() if i not in done]
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=False)
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +158,7 @@ def generate_missing(model, tokenizer, prompts: dict[str, str], file: Path, batc
             sequences, mask, width = generate(model, ids, settings, tokenizer.pad_token_id, tokenizer.eos_token_id)
             for (qid, prompt), resp in zip(chunk, response_ids(sequences, mask, width)):
                 done[qid] = tokenizer.decode(resp, skip_special_tokens=True)
-                out.write(json.dumps({"id": qid, "prompt": prompt, "response": done[qid]}) + "\n")
+                out.write(json.dumps({"id": qid, "prompt": prompt, "response": done[qid], "source": source}) + "\n")
             out.flush()
             bar.update(len(chunk))
     return done
@@ -303,8 +318,9 @@ def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Jud
     method = get_method(row.method, k=args.topk)
     folder = Path(args.output_dir) / row.checkpoint / row.benchmark / row.method
     prompts = {q["id"]: method.build(q["question"], tokenizer) for q in questions}
+    source = generation_source(row.path, args)
     responses = generate_missing(model, tokenizer, prompts, folder / "generations.jsonl", args.batch_size,
-                                 args.max_new_tokens, args.max_prompt_len, desc=row.key,
+                                 args.max_new_tokens, args.max_prompt_len, desc=row.key, source=source,
                                  special_tokens=not method.uses_chat_template(tokenizer))
     records = judged_records(questions, responses, method, lambda a: judging.verdicts(row.benchmark, questions, a))
     write_jsonl(folder / "predictions.jsonl", records)
@@ -314,17 +330,18 @@ def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Jud
     reliability_diagram(conf, corr, folder / "reliability.png", n_bins=args.n_bins, title=row.key)
     if retriever is not None:
         summary["retrieval"] = adaptive_retrieval(row, model, tokenizer, questions, records, method, judging,
-                                                  retriever, folder, args)
+                                                  retriever, folder, source, args)
     write_json(folder / "summary.json", summary)
     return summary
 
 
-def adaptive_retrieval(row: Row, model, tokenizer, questions, records, method, judging, retriever, folder, args):
+def adaptive_retrieval(row: Row, model, tokenizer, questions, records, method, judging, retriever, folder,
+                       source: str, args):
     """Answer again with the top-k passages, then sweep the confidence threshold."""
     evidence = retriever.retrieve([q["question"] for q in questions], args.retrieval_k)
     prompts = {q["id"]: method.build(q["question"], tokenizer, evidence=ev) for q, ev in zip(questions, evidence)}
     responses = generate_missing(model, tokenizer, prompts, folder / "generations_rag.jsonl", args.batch_size,
-                                 args.max_new_tokens, args.max_prompt_len, desc=f"{row.key} +retrieval",
+                                 args.max_new_tokens, args.max_prompt_len, desc=f"{row.key} +retrieval", source=source,
                                  special_tokens=not method.uses_chat_template(tokenizer))
     rag = judged_records(questions, responses, method, lambda a: judging.verdicts(row.benchmark, questions, a))
     write_jsonl(folder / "predictions_rag.jsonl", rag)

@@ -88,3 +88,25 @@ def test_auroc_over_stated_confidences_ignores_the_missing_ones():
     assert summary["auroc"] == pytest.approx(2.5 / 3)
     assert summary["auroc_stated"] == pytest.approx(0.5) and summary["n_stated"] == 3
     assert summary["parse_failure_rate"] == pytest.approx(0.4)
+
+
+def test_cached_generations_are_reused_only_for_the_same_checkpoint_and_prompt(tmp_path, toy_world_dir, toy_tokenizer):
+    checkpoint = tmp_path / "ckpt"
+    save_hf_checkpoint(create_tiny_llama(toy_tokenizer, hidden_size=32, num_layers=1), toy_tokenizer, checkpoint)
+    toy = ("--benchmarks", f"toy={toy_world_dir / 'eval/test.jsonl'}", "--methods", "zero_shot")
+    args = _args(tmp_path / "out", checkpoint, *toy)
+    cache = tmp_path / "out/tiny/toy/zero_shot/generations.jsonl"
+
+    def lines() -> int:
+        return len(cache.read_text().splitlines())
+
+    run(args)
+    assert lines() == 6
+    run(args)
+    assert lines() == 6  # an interrupted or repeated run answers nothing twice
+    save_hf_checkpoint(create_tiny_llama(toy_tokenizer, hidden_size=32, num_layers=1, seed=1), toy_tokenizer,
+                       checkpoint)  # retrained under the same name
+    run(args)
+    assert lines() == 12  # the earlier model's answers are not reused
+    run(_args(tmp_path / "out", checkpoint, *toy, "--max_new_tokens", "5"))
+    assert lines() == 18  # nor answers generated under other generation flags
