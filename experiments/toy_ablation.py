@@ -145,9 +145,6 @@ def run_all(s: Settings) -> None:
 
 # ---------------------------------------------------------------- aggregation and report
 
-BENCHMARKS = {"toy": "held-out countries", "toy/seen": "countries PPO trained on"}
-
-
 def _summary(seed_dir: Path, checkpoint: str, benchmark: str, method: str) -> dict:
     return json.loads((seed_dir / "results" / checkpoint / benchmark / method / "summary.json").read_text())
 
@@ -273,10 +270,12 @@ def write_report(s: Settings, path: Path) -> Path:
     figures.mkdir(parents=True, exist_ok=True)
     curves_figure(s, figures / "training_curves.png")
     first = s.out / f"seed{s.seeds[0]}" / "results"
+    reliability = []  # only this run's diagrams: an earlier run's may still lie in the folder
     for name in ("sft", "ppo_alpha0", "conqord_sum", "conf_tokens", "brier"):
         source = first / name / "toy/zero_shot/reliability.png"
         if source.is_file():
-            shutil.copyfile(source, figures / f"reliability_{name}.png")
+            reliability.append(figures / f"reliability_{name}.png")
+            shutil.copyfile(source, reliability[-1])
     levels = sorted({k.removeprefix("accuracy_") for e in table.values() for k in e if k.startswith("accuracy_")})
     header = ["row", *METRICS, *(f"auroc {lvl}" for lvl in levels), *(f"conf {lvl}" for lvl in levels)]
     lines = [
@@ -302,7 +301,7 @@ def write_report(s: Settings, path: Path) -> Path:
     if reading.is_file():
         lines += ["## Reading", "", reading.read_text().strip(), ""]
     lines += ["## Figures", "", "![training curves](figures/training_curves.png)", ""]
-    lines += [f"![{p.stem}](figures/{p.name})" for p in sorted(figures.glob("reliability_*.png"))]
+    lines += [f"![{p.stem}](figures/{p.name})" for p in reliability]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines) + "\n")
