@@ -27,13 +27,14 @@ def _train_config(args: argparse.Namespace, stage: int) -> dict[str, Any]:
     return train_ds_config(micro_batch_size=args.per_device_training_batch_size,
                            gradient_accumulation_steps=args.gradient_accumulation_steps,
                            world_size=dist.world_size(), zero_stage=stage, dtype=args.dtype, offload=args.offload,
-                           gradient_clipping=args.gradient_clipping)
+                           gradient_clipping=args.gradient_clipping, zero3_settings=args.zero3_settings)
 
 
 def _frozen_config(args: argparse.Namespace, stage: int, offload: bool) -> dict[str, Any]:
     # Frozen models follow ZeRO-3 when their trained twin uses it, else hold full weights (stage 0).
     return eval_ds_config(micro_batch_size=args.per_device_training_batch_size, world_size=dist.world_size(),
-                          zero_stage=3 if stage == 3 else 0, dtype=args.dtype, offload=offload)
+                          zero_stage=3 if stage == 3 else 0, dtype=args.dtype, offload=offload,
+                          zero3_settings=args.zero3_settings)
 
 
 def check_inputs(args: argparse.Namespace) -> None:

@@ -106,6 +106,18 @@ def add_only_optimize_lora(parser: argparse.ArgumentParser) -> None:
                         help="Train only the LoRA parameters (and scalar heads).")
 
 
+def _zero_setting(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if not sep or not key.startswith("stage3_") or number is None:
+        raise argparse.ArgumentTypeError(f"expects stage3_NAME=NUMBER (e.g. stage3_param_persistence_threshold=0), "
+                                         f"got {text!r}")
+    return key, number
+
+
 def add_deepspeed_args(parser: argparse.ArgumentParser, prefixes: Sequence[str] = ("",)) -> None:
     g = parser.add_argument_group("deepspeed")
     for prefix in prefixes:
@@ -113,6 +125,10 @@ def add_deepspeed_args(parser: argparse.ArgumentParser, prefixes: Sequence[str] 
     g.add_argument("--offload", action="store_true", help="ZeRO offload of parameters and optimizer to CPU.")
     g.add_argument("--dtype", choices=DTYPES, default="bf16")
     g.add_argument("--gradient_clipping", type=_non_negative_float, default=1.0)
+    g.add_argument("--zero3_settings", nargs="+", type=_zero_setting, default=[], metavar="stage3_NAME=NUMBER",
+                   help="Override ZeRO-3 tuning entries of the DeepSpeed config, e.g. "
+                        "stage3_param_persistence_threshold=0 stage3_prefetch_bucket_size=5e4 (the tests force "
+                        "real partitioning and prefetch on tiny models this way).")
     g.add_argument("--deepspeed", action="store_true", help="Accepted for compatibility: DeepSpeed is always used.")
     g.add_argument("--local_rank", type=int, default=-1, help="Set by the deepspeed launcher.")
 

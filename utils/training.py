@@ -211,7 +211,8 @@ def run_supervised_step(args, step: SupervisedStep) -> dict:
     ds_config = train_ds_config(micro_batch_size=args.per_device_train_batch_size,
                                 gradient_accumulation_steps=args.gradient_accumulation_steps,
                                 world_size=dist.world_size(), zero_stage=args.zero_stage, dtype=args.dtype,
-                                offload=args.offload, gradient_clipping=args.gradient_clipping)
+                                offload=args.offload, gradient_clipping=args.gradient_clipping,
+                                zero3_settings=args.zero3_settings)
     model = step.create_model(args.model_name_or_path, tokenizer, args.dtype, ds_config, args.disable_dropout)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
