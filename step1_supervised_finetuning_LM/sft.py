@@ -30,8 +30,7 @@ def evaluate_perplexity(engine, loader) -> dict[str, float]:
         batch = {k: v.to(engine.device) for k, v in batch.items()}
         tokens = (batch["labels"][:, 1:] != -100).sum()
         total += torch.stack([lm_loss(engine, batch).double() * tokens, tokens.double()])
-    if dist.is_distributed():
-        torch.distributed.all_reduce(total)
+    total = dist.all_reduce_sum(total)
     loss = (total[0] / total[1].clamp(min=1)).item()
     return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 

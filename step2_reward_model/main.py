@@ -1,11 +1,16 @@
 """Entry point of step 2: ``deepspeed --module step2_reward_model.main …`` from the repo root."""
+from utils import dry_run
 from utils.errors import exits_cleanly_on_user_error
-from step2_reward_model.reward_model import build_parser, run
+from step2_reward_model.reward_model import STEP, build_parser, run
 
 
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    if args.dry_run:
+        dry_run.supervised(args, STEP, scalar_head=True)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":

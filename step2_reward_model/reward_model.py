@@ -39,8 +39,7 @@ def evaluate_pairs(engine, loader) -> dict[str, float]:
         chosen, rejected = pair_scores(engine, batch)
         total += torch.stack([(chosen > rejected).sum(), chosen.sum(), rejected.sum(),
                               torch.tensor(chosen.numel(), device=chosen.device)]).double()
-    if dist.is_distributed():
-        torch.distributed.all_reduce(total)
+    total = dist.all_reduce_sum(total)
     n = total[3].clamp(min=1)
     return {"accuracy": (total[0] / n).item(), "chosen_mean_score": (total[1] / n).item(),
             "rejected_mean_score": (total[2] / n).item()}

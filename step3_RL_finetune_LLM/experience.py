@@ -19,6 +19,7 @@ from utils.data import pad_batch
 from utils.generation import GenerationSettings, generate, response_ids
 from utils.lora import lora_fused
 from utils.model import position_ids, sequence_scores, token_values, unwrapped_for_generation
+from utils.profiling import PhaseTimer
 from utils.reward import confidence_score, dual_reward, quality_target, wrong_way_share
 
 
@@ -106,8 +107,10 @@ def scoped_dual_reward(quality: torch.Tensor, confidence: torch.Tensor, settings
 
 
 class ExperienceMaker:
-    def __init__(self, engines, tokenizer, generation: GenerationSettings, settings: RewardSettings):
+    def __init__(self, engines, tokenizer, generation: GenerationSettings, settings: RewardSettings,
+                 timer: PhaseTimer | None = None):
         self.engines, self.tokenizer, self.generation, self.settings = engines, tokenizer, generation, settings
+        self.timer = timer or PhaseTimer()  # "generation" and "experience" seconds
         self._warned_wrong_way = False
 
     @torch.no_grad()
@@ -123,7 +126,14 @@ class ExperienceMaker:
 
     @torch.no_grad()
     def make(self, prompt_ids: Sequence[Sequence[int]], golds: Sequence[Sequence[str]] | None) -> Experience:
-        sequences, attention_mask, width = self.rollout(prompt_ids)
+        with self.timer("generation"):
+            sequences, attention_mask, width = self.rollout(prompt_ids)
+        with self.timer("experience"):
+            return self._experience(prompt_ids, golds, sequences, attention_mask, width)
+
+    def _experience(self, prompt_ids, golds, sequences: torch.Tensor, attention_mask: torch.Tensor,
+                    width: int) -> Experience:
+        """Rewards, log-probs, values and advantages of a batch of rollouts."""
         device = self.engines.actor.device
         sequences, attention_mask = sequences.to(device), attention_mask.to(device)
         responses = response_ids(sequences, attention_mask, width)

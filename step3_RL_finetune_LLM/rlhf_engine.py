@@ -23,18 +23,28 @@ class Engines:
     reward: Any | None  # None with --quality_reward oracle
 
 
-def _train_config(args: argparse.Namespace, stage: int) -> dict[str, Any]:
+def _train_config(args: argparse.Namespace, stage: int, world_size: int) -> dict[str, Any]:
     return train_ds_config(micro_batch_size=args.per_device_training_batch_size,
                            gradient_accumulation_steps=args.gradient_accumulation_steps,
-                           world_size=dist.world_size(), zero_stage=stage, dtype=args.dtype, offload=args.offload,
+                           world_size=world_size, zero_stage=stage, dtype=args.dtype, offload=args.offload,
                            gradient_clipping=args.gradient_clipping, zero3_settings=args.zero3_settings)
 
 
-def _frozen_config(args: argparse.Namespace, stage: int, offload: bool) -> dict[str, Any]:
+def _frozen_config(args: argparse.Namespace, stage: int, offload: bool, world_size: int) -> dict[str, Any]:
     # Frozen models follow ZeRO-3 when their trained twin uses it, else hold full weights (stage 0).
-    return eval_ds_config(micro_batch_size=args.per_device_training_batch_size, world_size=dist.world_size(),
+    return eval_ds_config(micro_batch_size=args.per_device_training_batch_size, world_size=world_size,
                           zero_stage=3 if stage == 3 else 0, dtype=args.dtype, offload=offload,
                           zero3_settings=args.zero3_settings)
+
+
+def engine_configs(args: argparse.Namespace, world_size: int) -> dict[str, dict[str, Any] | None]:
+    """The DeepSpeed config of each engine (``reward``: None with --quality_reward oracle); the dry run
+    prints them for the launcher's world size."""
+    return {"actor": _train_config(args, args.actor_zero_stage, world_size),
+            "reference": _frozen_config(args, args.actor_zero_stage, args.offload_reference_model, world_size),
+            "critic": _train_config(args, args.critic_zero_stage, world_size),
+            "reward": _frozen_config(args, args.critic_zero_stage, False, world_size)
+            if args.quality_reward == "model" else None}
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -46,7 +56,8 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 
 def build_engines(args: argparse.Namespace, tokenizer, total_steps: int) -> Engines:
-    actor_config = _train_config(args, args.actor_zero_stage)
+    configs = engine_configs(args, dist.world_size())
+    actor_config = configs["actor"]
     actor = create_causal_lm(args.actor_model_name_or_path, tokenizer, args.dtype, actor_config,
                              disable_dropout=args.disable_actor_dropout)
     if args.actor_gradient_checkpointing:
@@ -58,11 +69,11 @@ def build_engines(args: argparse.Namespace, tokenizer, total_steps: int) -> Engi
                                 scheduler=args.lr_scheduler_type, warmup_steps=args.num_warmup_steps,
                                 total_steps=total_steps)
 
-    ref_config = _frozen_config(args, args.actor_zero_stage, args.offload_reference_model)
+    ref_config = configs["reference"]
     ref = build_frozen_engine(create_causal_lm(args.actor_model_name_or_path, tokenizer, args.dtype, ref_config,
                                                disable_dropout=True), ref_config)
 
-    critic_config = _train_config(args, args.critic_zero_stage)
+    critic_config = configs["critic"]
     critic = create_scalar_model(args.critic_model_name_or_path, tokenizer, args.dtype, critic_config,
                                  disable_dropout=True)
     if args.critic_gradient_checkpointing:
@@ -78,7 +89,7 @@ def build_engines(args: argparse.Namespace, tokenizer, total_steps: int) -> Engi
     reward_engine = None
     if args.quality_reward == "model":
         path = args.reward_model_name_or_path or args.critic_model_name_or_path
-        reward_config = _frozen_config(args, args.critic_zero_stage, False)
+        reward_config = configs["reward"]
         reward_engine = build_frozen_engine(create_scalar_model(path, tokenizer, args.dtype, reward_config,
                                                                 disable_dropout=True), reward_config)
         if reward_engine.module.config.vocab_size < len(tokenizer):

@@ -19,6 +19,7 @@ from utils import dist
 from utils.data import DataError, encode_prompt, load_phase_data
 from utils.generation import GenerationSettings
 from utils.model import load_tokenizer, save_hf_checkpoint
+from utils.profiling import PhaseTimer, peak_gpu_memory_gib
 from utils.training import Logger, make_loader, set_seed
 
 PHASE = 2
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_only_optimize_lora(parser)
     flags.add_deepspeed_args(parser, prefixes=("actor_", "critic_"))
     flags.add_logging_args(parser)
+    flags.add_dry_run_arg(parser)
     parser.add_argument("--whiten_advantages", action="store_true",
                         help="Normalise advantages over the rollout batch (DeepSpeed-Chat does not).")
     return parser
@@ -136,7 +138,8 @@ def run(args: argparse.Namespace) -> dict:
     engines = build_engines(args, tokenizer, updates // args.gradient_accumulation_steps)
     generation = GenerationSettings(max_new_tokens=args.max_answer_seq_len, do_sample=not args.greedy_rollouts,
                                     temperature=args.temperature, top_p=args.top_p)
-    maker = ExperienceMaker(engines, tokenizer, generation, reward_settings(args))
+    timer = PhaseTimer()
+    maker = ExperienceMaker(engines, tokenizer, generation, reward_settings(args), timer)
     out = Path(args.output_dir)
     state = _load_resumable(engines, out) if args.resume else {"step": 0}
     logger = Logger(args.enable_tensorboard, args.tensorboard_path, "step3_ppo")
@@ -162,7 +165,8 @@ def run(args: argparse.Namespace) -> dict:
             if len(buffer) < args.generation_batches and step < total_steps:
                 continue
             update_actor = step > args.freezing_actor_steps
-            losses = [ppo_update(engines, experience, args, update_actor) for experience in buffer]
+            with timer("training"):
+                losses = [ppo_update(engines, experience, args, update_actor) for experience in buffer]
             record = _record(buffer, losses, step, epoch, time.time() - start)
             buffer = []
             logger.scalars(record, step, "train/")
@@ -178,9 +182,11 @@ def run(args: argparse.Namespace) -> dict:
         if step >= total_steps:
             break
     logger.close()
-    summary = {"steps": step, "seconds": round(time.time() - start, 1)}
-    save_hf_checkpoint(engines.actor, tokenizer, out / "actor", {**vars(args), "result": summary}, dist.is_main())
-    save_hf_checkpoint(engines.critic, tokenizer, out / "critic", {**vars(args), "result": summary}, dist.is_main())
+    seconds, done = time.time() - start, step - state["step"]  # this run's steps (a resume skips some)
+    summary = {"steps": step, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(done, 1), 4),
+               **timer.per_step(done), "peak_gpu_memory_gib": peak_gpu_memory_gib()}
+    save_hf_checkpoint(engines.actor, tokenizer, out / "actor", {**vars(args), "result": summary})
+    save_hf_checkpoint(engines.critic, tokenizer, out / "critic", {**vars(args), "result": summary})
     dist.print_rank0(json.dumps({"step3": summary}))
     return summary
 

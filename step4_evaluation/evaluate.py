@@ -38,6 +38,7 @@ from utils.data import encode_prompt
 from utils.errors import UserError
 from utils.generation import GenerationSettings, generate, response_ids
 from utils.model import create_causal_lm, load_tokenizer, require_checkpoint
+from utils.profiling import peak_gpu_memory_gib
 from utils.training import batched, set_seed
 
 TABLE_COLUMNS = ("n", "accuracy", "ece", "auroc", "auroc_stated", "aurc", "pearson", "spearman", "brier",
@@ -371,6 +372,7 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries: dict[Row, dict] = {}
+    started = time.time()
     for checkpoint, path in checkpoints:
         start = time.time()
         tokenizer = load_tokenizer(path, padding_side="left")  # the evaluated checkpoint's own tokenizer
@@ -384,6 +386,8 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
         print(f"[step 4] {checkpoint}: {time.time() - start:.1f}s", flush=True)
     markdown = write_reports(out_dir, summaries, args.n_bins)
     print(markdown, flush=True)
+    print(json.dumps({"step4": {"seconds": round(time.time() - started, 1), "peak_gpu_memory_gib": peak_gpu_memory_gib()}}),
+          flush=True)
     failures = sum(s["judge_failures"] for s in summaries.values())
     if failures:
         raise UserError(f"{failures} judgments failed (see judge_reason in predictions.jsonl); the finished ones are "

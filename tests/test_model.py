@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from utils.errors import UserError
 from utils.lora import convert_linear_to_lora, lora_layers
 from utils.model import (ARGS_FILE, MissingCheckpointError, read_training_args, require_checkpoint,
-                         save_hf_checkpoint, sequence_scores, token_values)
+                         save_hf_checkpoint, sequence_scores, token_values, values_at_every_token)
 
 PAD = 0
 SEQS = [[5, 9, 13, 2, 40], [7, 21, 3], [11, 12]]
@@ -36,7 +36,7 @@ def padded(seqs, side):
 @pytest.fixture(scope="module")
 def scalar_model():
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(tiny_config(num_labels=1)).eval()
+    model = values_at_every_token(AutoModelForSequenceClassification.from_config(tiny_config(num_labels=1)).eval())
     with torch.no_grad():  # a non-trivial head
         model.score.weight.normal_()
     return model
@@ -128,10 +128,13 @@ def test_save_hf_checkpoint_roundtrip_and_replace(tmp_path, toy_tokenizer):
     assert sorted(p.name for p in out.parent.iterdir()) == ["actor"]  # no .tmp / .old left
 
 
-def test_save_hf_checkpoint_non_main_writes_nothing(tmp_path, toy_tokenizer):
+def test_save_hf_checkpoint_non_main_writes_nothing(tmp_path, toy_tokenizer, monkeypatch):
+    from utils import dist
+
+    monkeypatch.setattr(dist, "rank", lambda: 1)
     model = _lora_causal_lm(len(toy_tokenizer), seed=0)
     out = tmp_path / "nothing"
-    save_hf_checkpoint(model, toy_tokenizer, out, is_main=False)
+    save_hf_checkpoint(model, toy_tokenizer, out)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 

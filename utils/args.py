@@ -225,6 +225,7 @@ def supervised_parser(description: str, learning_rate: float) -> argparse.Argume
     add_only_optimize_lora(parser)
     add_deepspeed_args(parser)
     add_logging_args(parser)
+    add_dry_run_arg(parser)
     return parser
 
 
@@ -237,3 +238,9 @@ def check_args(args: argparse.Namespace) -> None:
         dim = getattr(args, f"{prefix}lora_dim", None)
         if dim is not None and dim < 0:
             raise SystemExit(f"error: --{prefix}lora_dim must be >= 0, got {dim}")
+
+
+def add_dry_run_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry_run", action="store_true",
+                        help="Print the DeepSpeed config of each engine, the launch world and DeepSpeed's ZeRO "
+                             "memory estimate, then exit: no weights loaded, no process group, nothing written.")

@@ -64,29 +64,48 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def comm_device() -> torch.device:
+    """Where tensors handed to a collective must live: this rank's GPU under NCCL (which serves CUDA
+    tensors only), the CPU under gloo. Every collective below moves its input here itself, so no
+    caller can hand NCCL a CPU tensor."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_gather_variable(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Concatenate a 1-D tensor over ranks (sizes may differ); also return where this rank's part starts."""
+    """Concatenate a 1-D tensor over ranks (sizes may differ); also return where this rank's part starts.
+
+    The result lives on the input's device."""
     if not is_distributed() or world_size() == 1:
         return tensor, 0
-    size = torch.tensor([tensor.numel()], device=tensor.device)
+    device = comm_device()
+    size = torch.tensor([tensor.numel()], device=device)
     sizes = [torch.zeros_like(size) for _ in range(world_size())]
     dist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]
-    padded = torch.zeros(max(counts), dtype=tensor.dtype, device=tensor.device)
-    padded[: tensor.numel()] = tensor
+    counts = [int(s) for s in torch.cat(sizes).tolist()]
+    padded = torch.zeros(max(counts), dtype=tensor.dtype, device=device)
+    padded[: tensor.numel()] = tensor.to(device)
     parts = [torch.zeros_like(padded) for _ in counts]
     dist.all_gather(parts, padded)
     gathered = torch.cat([part[:count] for part, count in zip(parts, counts)])
-    return gathered, sum(counts[: rank()])
+    return gathered.to(tensor.device), sum(counts[: rank()])
 
 
-def all_reduce_mean(value: float, device: torch.device | None = None) -> float:
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise sum over ranks, returned on the input's device."""
+    if not is_distributed():
+        return tensor
+    total = tensor.to(comm_device(), copy=True)
+    dist.all_reduce(total)
+    return total.to(tensor.device)
+
+
+def all_reduce_mean(value: float) -> float:
     """Mean of a Python number over ranks (for logging)."""
     if not is_distributed():
         return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.item() / world_size()
+    return all_reduce_sum(torch.tensor([value], dtype=torch.float64)).item() / world_size()
 
 
 def barrier() -> None:

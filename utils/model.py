@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import types
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +22,7 @@ from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
                           AutoTokenizer, PreTrainedTokenizerBase)
 
+from utils import dist
 from utils.errors import UserError
 from utils.lora import convert_linear_to_lora, fuse_lora_state_dict, lora_scalings, only_optimize_lora
 
@@ -99,7 +101,25 @@ def create_scalar_model(path: str, tokenizer: PreTrainedTokenizerBase, dtype: st
     with _zero3_construction(ds_config):
         model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=TORCH_DTYPES[dtype])
     model.trainable_heads = ("score",)
+    return values_at_every_token(model)
+
+
+def values_at_every_token(model: nn.Module) -> nn.Module:
+    """Make a ``*ForSequenceClassification`` model's forward return its head at every position.
+
+    Calls then go through the root module (``engine(...)``), so ZeRO-3 sees whole forwards and can trace
+    and prefetch them; calling backbone and head one by one left every layer fetched on demand.
+    Checkpoints stay plain ``AutoModelForSequenceClassification`` folders."""
+    model.forward = types.MethodType(_head_at_every_token, model)
     return model
+
+
+def _head_at_every_token(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The head's value at every position, shape (batch, seq)."""
+    hidden = getattr(model, model.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask,
+                                                     position_ids=position_ids, use_cache=False).last_hidden_state
+    return model.score(hidden).squeeze(-1)
 
 
 def apply_lora(model: nn.Module, lora_dim: int, module_name: str, scaling: float = 1.0,
@@ -112,20 +132,15 @@ def apply_lora(model: nn.Module, lora_dim: int, module_name: str, scaling: float
     return model
 
 
-def _backbone(model: nn.Module) -> nn.Module:
-    return getattr(model, model.base_model_prefix)
-
-
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as ``generate`` uses them."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The scalar head at every position, shape (batch, seq): the critic's values."""
-    hidden = _backbone(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                              position_ids=position_ids(attention_mask)).last_hidden_state
-    return model.score(hidden).squeeze(-1)
+    """The scalar head at every position, shape (batch, seq): the critic's values. ``model`` is a
+    :func:`values_at_every_token` model or the DeepSpeed engine around one."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
 
 
 def sequence_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -136,36 +151,46 @@ def sequence_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     return values.gather(1, last[:, None]).squeeze(1)
 
 
-def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer on CPU; under ZeRO-3 each is gathered in turn (all ranks take part)."""
-    state: dict[str, torch.Tensor] = {}
-    for name, param in model.named_parameters():
-        if hasattr(param, "ds_id"):
-            import deepspeed
+def release_zero3_parameters(engine) -> None:
+    """Put every ZeRO-3 parameter back in its partition before gathering outside a forward pass.
 
-            with deepspeed.zero.GatheredParameters([param]):
-                state[name] = param.data.detach().cpu().clone()
-        else:
-            state[name] = param.detach().cpu().clone()
-    persistent = model.state_dict().keys()  # non-persistent buffers (rotary tables) are not weights
-    for name, buffer in model.named_buffers():
-        if name in persistent:
-            state.setdefault(name, buffer.detach().cpu().clone())
-    return state
+    A no-grad forward (evaluation, experience) lets ZeRO-3 prefetch parameters for a backward that never
+    comes; they stay in flight, and a later gather skips them and then fails to re-partition them
+    ("Cannot partition a param in flight"). No-op below stage 3 and for bare models."""
+    if getattr(engine, "zero_optimization_partition_weights", lambda: False)():
+        engine.empty_partition_cache()
+
+
+def consolidated_state_dict(model) -> dict[str, torch.Tensor] | None:
+    """The full weights on CPU on rank 0 (``None`` on other ranks); every rank must call this.
+
+    Under ZeRO-3 (``model`` is then the engine) DeepSpeed gathers one module at a time and only rank 0
+    keeps a copy: a 7B model costs ~14 GB of host memory once, not once per rank.
+    """
+    if getattr(model, "zero_optimization_partition_weights", lambda: False)():
+        release_zero3_parameters(model)
+        return model._zero3_consolidated_16bit_state_dict()
+    module = getattr(model, "module", model)
+    if any(hasattr(p, "ds_id") for p in module.parameters()):
+        raise TypeError("a ZeRO-3 partitioned model: pass its DeepSpeed engine, which can gather it")
+    if not dist.is_main():
+        return None
+    return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
 
 
 def save_hf_checkpoint(model: nn.Module, tokenizer: PreTrainedTokenizerBase, output_dir: str | os.PathLike,
-                       args: dict[str, Any] | None = None, is_main: bool = True) -> Path:
+                       args: dict[str, Any] | None = None) -> Path:
     """Write a plain HF folder (LoRA fused, safetensors, tokenizer, the flags that made it) atomically:
     everything goes to a temporary sibling folder that replaces ``output_dir`` in one rename.
 
-    Every rank must call this (ZeRO-3 gathers are collective); only ``is_main`` writes.
+    Every rank must call this (ZeRO-3 gathers are collective); only rank 0 writes.
     """
+    state = consolidated_state_dict(model)
     model = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
-    state = fuse_lora_state_dict(_full_state_dict(model), lora_scalings(model))
     out = Path(output_dir)
-    if not is_main:
+    if state is None:  # not rank 0
         return out
+    state = fuse_lora_state_dict(state, lora_scalings(model))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -204,6 +229,7 @@ def unwrapped_for_generation(engine) -> Iterator[nn.Module]:
         return
     import deepspeed
 
+    release_zero3_parameters(engine)
     offload = engine.optimizer.parameter_offload
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
         for param in model.parameters():

@@ -17,7 +17,9 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from utils import dist
+from utils.ds_config import train_ds_config
 from utils.lora import is_lora_parameter
+from utils.profiling import peak_gpu_memory_gib
 
 NO_DECAY = ("bias", "norm.weight", "layernorm.weight", "ln_f.weight")
 
@@ -131,7 +133,7 @@ def train_loop(engine, loader: DataLoader, loss_fn: Callable[[Any, dict], torch.
                 continue
             result.steps += 1
             if result.steps % log_interval == 0:
-                value = dist.all_reduce_mean(loss.item(), device)
+                value = dist.all_reduce_mean(loss.item())
                 logger.scalars({"loss": value, "lr": engine.get_lr()[0]}, result.steps, "train/")
                 bar.set_postfix(loss=f"{value:.4f}")
                 if print_loss:
@@ -184,13 +186,21 @@ class SupervisedStep:
     evaluate: Callable  # (engine, loader) -> metrics
 
 
+def supervised_ds_config(args, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config of steps 1 and 2; the dry run passes the launcher's world size."""
+    return train_ds_config(micro_batch_size=args.per_device_train_batch_size,
+                           gradient_accumulation_steps=args.gradient_accumulation_steps,
+                           world_size=world_size, zero_stage=args.zero_stage, dtype=args.dtype,
+                           offload=args.offload, gradient_clipping=args.gradient_clipping,
+                           zero3_settings=args.zero3_settings)
+
+
 def run_supervised_step(args, step: SupervisedStep) -> dict:
     """Data, model (+LoRA), DeepSpeed engine, evaluation before and during training, atomic save."""
     from functools import partial
 
     from utils import args as flags
     from utils.data import load_phase_data
-    from utils.ds_config import train_ds_config
     from utils.model import apply_lora, load_tokenizer, require_checkpoint, save_hf_checkpoint
 
     flags.check_args(args)
@@ -208,11 +218,7 @@ def run_supervised_step(args, step: SupervisedStep) -> dict:
     train_loader = make_loader(train, args.per_device_train_batch_size, collate, True, args.seed)
     eval_loader = make_loader(evaluation, args.per_device_eval_batch_size, collate, False, args.seed)
 
-    ds_config = train_ds_config(micro_batch_size=args.per_device_train_batch_size,
-                                gradient_accumulation_steps=args.gradient_accumulation_steps,
-                                world_size=dist.world_size(), zero_stage=args.zero_stage, dtype=args.dtype,
-                                offload=args.offload, gradient_clipping=args.gradient_clipping,
-                                zero3_settings=args.zero3_settings)
+    ds_config = supervised_ds_config(args, dist.world_size())
     model = step.create_model(args.model_name_or_path, tokenizer, args.dtype, ds_config, args.disable_dropout)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -230,8 +236,9 @@ def run_supervised_step(args, step: SupervisedStep) -> dict:
                         epochs=args.num_train_epochs, max_steps=args.max_steps, eval_interval=args.eval_interval,
                         logger=logger, print_loss=args.print_loss, log_interval=args.log_interval)
     logger.close()
-    summary = {"steps": result.steps, "seconds": round(result.seconds, 1), "before": before,
-               "final": result.evaluations[-1]}
-    save_hf_checkpoint(engine, tokenizer, args.output_dir, {**vars(args), "result": summary}, dist.is_main())
+    summary = {"steps": result.steps, "seconds": round(result.seconds, 1),
+               "seconds_per_step": round(result.seconds / max(result.steps, 1), 4),
+               "peak_gpu_memory_gib": peak_gpu_memory_gib(), "before": before, "final": result.evaluations[-1]}
+    save_hf_checkpoint(engine, tokenizer, args.output_dir, {**vars(args), "result": summary})
     dist.print_rank0(json.dumps({step.name: summary}))
     return summary
