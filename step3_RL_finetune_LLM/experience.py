@@ -55,9 +55,10 @@ class Experience:
 
 def response_log_probs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
     """log π of every response token (positions ``prompt_width…``), shape (batch, response_len)."""
+    # the LM head only where a response token is predicted (positions prompt_width-1 … end-1)
     logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                   use_cache=False).logits
-    return gather_log_probs(logits[:, prompt_width - 1:-1], sequences[:, prompt_width:])
+                   use_cache=False, logits_to_keep=sequences.shape[1] - prompt_width + 1).logits
+    return gather_log_probs(logits[:, :-1], sequences[:, prompt_width:])
 
 
 def response_values(critic, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
@@ -114,28 +115,32 @@ class ExperienceMaker:
         self._warned_wrong_way = False
 
     @torch.no_grad()
-    def rollout(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def rollout(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """Sample, then score the samples (log π of each response token) on the same gathered, hook-free
+        weights: under ZeRO-3 a second forward through the engine would fetch every layer again."""
         actor = self.engines.actor
         with unwrapped_for_generation(actor) as model:
             model.eval()
             fused = lora_fused(model) if actor.zero_optimization_stage() == 3 else contextlib.nullcontext(model)
             with fused:  # folding LoRA into the gathered copy is free of drift; the copy is discarded
-                out = generate(model, prompt_ids, self.generation, self.tokenizer.pad_token_id,
-                               self.tokenizer.eos_token_id)
-        return out
+                sequences, attention_mask, width = generate(model, prompt_ids, self.generation,
+                                                            self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
+            sequences, attention_mask = sequences.to(actor.device), attention_mask.to(actor.device)
+            # outside lora_fused: LoRA unfused, as the update's forward computes it
+            log_probs = response_log_probs(model, sequences, attention_mask, width)
+        return sequences, attention_mask, width, log_probs
 
     @torch.no_grad()
     def make(self, prompt_ids: Sequence[Sequence[int]], golds: Sequence[Sequence[str]] | None) -> Experience:
         with self.timer("generation"):
-            sequences, attention_mask, width = self.rollout(prompt_ids)
+            sequences, attention_mask, width, log_probs = self.rollout(prompt_ids)
         with self.timer("experience"):
-            return self._experience(prompt_ids, golds, sequences, attention_mask, width)
+            return self._experience(prompt_ids, golds, sequences, attention_mask, width, log_probs)
 
     def _experience(self, prompt_ids, golds, sequences: torch.Tensor, attention_mask: torch.Tensor,
-                    width: int) -> Experience:
-        """Rewards, log-probs, values and advantages of a batch of rollouts."""
+                    width: int, log_probs: torch.Tensor) -> Experience:
+        """Rewards, reference log-probs, values and advantages of a batch of rollouts."""
         device = self.engines.actor.device
-        sequences, attention_mask = sequences.to(device), attention_mask.to(device)
         responses = response_ids(sequences, attention_mask, width)
         texts = [self.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
         parsed = [parse_confidence(t) for t in texts]
@@ -152,7 +157,6 @@ class ExperienceMaker:
         self.engines.actor.eval()
         self.engines.critic.eval()
         mask = attention_mask[:, width:].float()
-        log_probs = response_log_probs(self.engines.actor, sequences, attention_mask, width)
         ref_log_probs = response_log_probs(self.engines.ref, sequences, attention_mask, width)
         values = response_values(self.engines.critic, sequences, attention_mask, width).float()
         rewards, kl = token_rewards(log_probs, ref_log_probs, reward["total"].to(device), mask, self.settings.kl_ctl)
