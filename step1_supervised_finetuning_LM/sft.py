@@ -29,7 +29,8 @@ def evaluate_perplexity(engine, loader) -> dict[str, float]:
     for batch in loader:
         batch = {k: v.to(engine.device) for k, v in batch.items()}
         tokens = (batch["labels"][:, 1:] != -100).sum()
-        total += torch.stack([lm_loss(engine, batch).double() * tokens, tokens.double()])
+        loss = lm_loss(engine, batch).double()  # NaN (0/0) for a batch without response tokens: weight 0
+        total += torch.stack([torch.where(tokens > 0, loss * tokens, 0.0), tokens.double()])
     total = dist.all_reduce_sum(total)
     loss = (total[0] / total[1].clamp(min=1)).item()
     return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}

@@ -17,6 +17,18 @@ if [ "$PRESET" = toy ]; then
     --zero_stage 3 --dtype fp32 --lora_dim 0 \
     --output_dir "$TOY_OUT/step2" --enable_tensorboard --tensorboard_path "$TOY_OUT/tensorboard" \
     "$@"
+elif [ "$PRESET" = smollm2 ]; then
+  # NQ answer-quality pairs (gold vs another question's answer) blended with hh-rlhf harmless pairs.
+  launch step2_reward_model.main \
+    --data_path "$SMOL_DATA/step2_nq" "$SMOL_DATA/step2_hh" --data_split 0,10,0 \
+    --model_name_or_path "$SMOL_BASE" \
+    --per_device_train_batch_size 8 --per_device_eval_batch_size 16 --max_seq_len 128 \
+    --learning_rate 1e-4 --weight_decay 0.1 --max_steps 50 --gradient_accumulation_steps 1 \
+    --lr_scheduler_type cosine --num_warmup_steps 0 --seed 1234 \
+    --zero_stage 3 --dtype fp32 --lora_dim 16 --lora_module_name "layers." --only_optimize_lora \
+    --lora_learning_rate 1e-3 --eval_interval 25 \
+    --output_dir "$SMOL_OUT/step2" --enable_tensorboard --tensorboard_path "$SMOL_OUT/tensorboard" \
+    "$@"
 else
   launch step2_reward_model.main \
     --data_path "${CONQORD_STEP2_DATA:-datasets/conqord_step2_data}" --data_split 0,10,0 \

@@ -4,19 +4,19 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import torch
 from scipy import stats
 
 from step3_RL_finetune_LLM.ppo import gae, gather_log_probs, token_rewards
-from step4_evaluation.judges import exact_match
 from utils import dist
+from utils.answer_match import exact_match
 from utils.confidence import (ParsedConfidence, confidence_cut_index, extract_answer, parse_confidence,
                               parse_failure_rate, resolve_confidence)
 from utils.data import pad_batch
-from utils.generation import GenerationSettings, generate, response_ids
+from utils.generation import GenerationSettings, generate, response_ids, stop_token_ids
 from utils.lora import lora_fused
 from utils.model import position_ids, sequence_scores, token_values, unwrapped_for_generation
 from utils.profiling import PhaseTimer
@@ -72,10 +72,16 @@ def oracle_quality(answers: Sequence[str], golds: Sequence[Sequence[str]]) -> to
 
 
 def reward_model_inputs(prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], cuts: Sequence[int],
-                        eos_id: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """``prompt + answer + EOS`` per rollout (right-padded), as the reward model was trained on."""
-    rows = [list(p) + list(r[:cut]) + ([eos_id] if not r[:cut] or r[:cut][-1] != eos_id else [])
-            for p, r, cut in zip(prompt_ids, responses, cuts)]
+                        eos_id: int, pad_id: int, stop_ids: Collection[int] = ()) -> dict[str, torch.Tensor]:
+    """``prompt + answer + EOS`` per rollout (right-padded), as the reward model was trained on. A response
+    that ended on another stop token (Llama-3's ``<|eot_id|>``) ends on EOS instead, not on both."""
+    ends = {eos_id, *stop_ids}
+    rows = []
+    for p, r, cut in zip(prompt_ids, responses, cuts):
+        answer = list(r[:cut])
+        if answer and answer[-1] in ends:
+            answer.pop()
+        rows.append(list(p) + answer + [eos_id])
     return {"input_ids": pad_batch(rows, pad_id), "attention_mask": pad_batch([[1] * len(r) for r in rows], 0)}
 
 
@@ -172,7 +178,9 @@ class ExperienceMaker:
     def _model_quality(self, prompt_ids, responses, cuts: list[int] | None) -> torch.Tensor:
         """Reward-model scores of the answers (``cuts`` None: of the whole responses, confidence kept)."""
         cuts = [len(r) for r in responses] if self.settings.score_with_confidence else cuts
-        batch = reward_model_inputs(prompt_ids, responses, cuts, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        eos_id = self.tokenizer.eos_token_id
+        batch = reward_model_inputs(prompt_ids, responses, cuts, eos_id, self.tokenizer.pad_token_id,
+                                    stop_token_ids(self.engines.actor.module, eos_id))
         engine = self.engines.reward
         batch = {k: v.to(engine.device) for k, v in batch.items()}
         return sequence_scores(engine, batch["input_ids"], batch["attention_mask"]).float().cpu()

@@ -17,6 +17,7 @@ from step3_RL_finetune_LLM.rlhf_engine import Engines, build_engines, check_inpu
 from utils import args as flags
 from utils import dist
 from utils.data import DataError, encode_prompt, load_phase_data
+from utils.data_cache import cached_dataset, data_fingerprint
 from utils.generation import GenerationSettings
 from utils.model import load_tokenizer, save_hf_checkpoint
 from utils.profiling import PhaseTimer, peak_gpu_memory_gib
@@ -127,10 +128,17 @@ def run(args: argparse.Namespace) -> dict:
                       "without DeepSpeed's hooks", stacklevel=1)
     tokenizer = load_tokenizer(args.tokenizer_model_name_or_path or args.actor_model_name_or_path, padding_side="left")
     required = ("prompt", "answers") if args.quality_reward == "oracle" else ("prompt",)
-    prompts, _ = load_phase_data(args.data_path, args.data_split, PHASE, required, args.seed, args.data_output_path,
-                                 args.max_train_examples, optional=("answers",))
+
+    def tokenized():
+        prompts, _ = load_phase_data(args.data_path, args.data_split, PHASE, required, args.seed,
+                                     args.data_output_path, args.max_train_examples, optional=("answers",))
+        return prompts.map(lambda row: _prompt_features(row, tokenizer, args.max_prompt_seq_len),
+                           remove_columns=["prompt"])
+
+    fingerprint = data_fingerprint(args, tokenizer, step="step3", phase=PHASE, columns=required,
+                                   max_len=args.max_prompt_seq_len)
+    prompts = cached_dataset(args.data_output_path, fingerprint, tokenized)
     has_golds = "answers" in prompts.column_names
-    prompts = prompts.map(lambda row: _prompt_features(row, tokenizer, args.max_prompt_seq_len), remove_columns=["prompt"])
     loader = make_loader(prompts, args.per_device_generation_batch_size, list, True, args.seed)
     steps_per_epoch = len(loader)
     total_steps = args.max_steps or steps_per_epoch * args.num_train_epochs

@@ -2,7 +2,7 @@
 
 Conventions
 -----------
-* Exact match and token F1 use SQuAD's normalisation (lowercase; drop punctuation and the articles
+* Exact match and token F1 (``utils.answer_match``, shared with step 3's oracle reward) use SQuAD's normalisation (lowercase; drop punctuation and the articles
   a/an/the; collapse whitespace) against every gold alias, and take the best alias.
 * Every ``judge_*`` function returns a :class:`Verdict`. ``correct`` is a bool for a completed
   judgment and ``None`` only for a failed one (``status == "failed"``); a failed judgment is never
@@ -14,15 +14,11 @@ Conventions
 """
 from __future__ import annotations
 
-import re
-import string
-from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Literal, Sequence
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
+from utils.answer_match import exact_match, normalize_answer, token_f1
 
 NO_COMMENT = "I have no comment."
 VERDICT_STATUSES = ("ok", "failed")
@@ -55,29 +51,6 @@ class Verdict:
     @classmethod
     def failed(cls, reason: str, judge: str) -> "Verdict":
         return cls(correct=None, score=None, reason=reason, judge=judge, status="failed")
-
-
-def normalize_answer(text: str) -> str:
-    text = text.lower().translate(_PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def exact_match(prediction: str, golds: Sequence[str]) -> bool:
-    predicted = normalize_answer(prediction)
-    return any(predicted == normalize_answer(gold) for gold in golds)
-
-
-def token_f1(prediction: str, golds: Sequence[str]) -> float:
-    """Best bag-of-tokens F1 over the gold aliases (0.0 when either side is empty)."""
-    predicted = normalize_answer(prediction).split()
-    best = 0.0
-    for gold in golds:
-        reference = normalize_answer(gold).split()
-        common = sum((Counter(predicted) & Counter(reference)).values())
-        if common:
-            precision, recall = common / len(predicted), common / len(reference)
-            best = max(best, 2 * precision * recall / (precision + recall))
-    return best
 
 
 def judge_exact_match(prediction: str, golds: Sequence[str]) -> Verdict:

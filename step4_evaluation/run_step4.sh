@@ -25,6 +25,24 @@ if [ "$PRESET" = toy ]; then
     --retrieval_corpus "$TOY_DATA/corpus.jsonl" --retrieval_k 2 \
     --output_dir "${CONQORD_RESULTS:-results/toy}" \
     --batch_size 100 --max_new_tokens 16 --max_prompt_len 128 --dtype fp32 "$@"
+elif [ "$PRESET" = smollm2 ]; then
+  # Held-out NQ-open questions (no question seen in steps 1-3) and TruthfulQA, a seeded subset of each.
+  # The base model answers with the paper's three prompts (few-shot, longer answers); the trained
+  # checkpoints with the format they learned (zero_shot).
+  RESULTS="${CONQORD_RESULTS:-results/smollm2}"
+  benchmarks=(--benchmarks "nq_open=$SMOL_DATA/eval/nq_open.jsonl" "truthfulqa${CONQORD_TRUTHFULQA:+=$CONQORD_TRUTHFULQA}"
+              --max_examples "${CONQORD_SMOLLM2_EVAL_EXAMPLES:-100}" --judge "${CONQORD_JUDGE:-auto}"
+              --judge_model "${CONQORD_JUDGE_MODEL:-gpt-4}" ${CONQORD_JUDGE_BASE_URL:+--judge_base_url "$CONQORD_JUDGE_BASE_URL"})
+  python -m step4_evaluation.main --checkpoints "base=$SMOL_BASE" "${benchmarks[@]}" --methods vanilla topk cot \
+    --output_dir "$RESULTS/prompting" --batch_size 16 --max_new_tokens 48 --max_prompt_len 768 --dtype fp32 "$@"
+  trained=()
+  for spec in "sft=$SMOL_OUT/step1" "ppo_alpha0=$SMOL_OUT/step3_alpha0/actor" "conqord_paper=$SMOL_OUT/step3_paper/actor" \
+              "conqord=$SMOL_OUT/step3/actor"; do
+    [ -f "${spec#*=}/config.json" ] && trained+=("$spec")
+  done
+  python -m step4_evaluation.main --checkpoints "${trained[@]:?no smollm2 checkpoint found: run steps 1-3 first}" \
+    "${benchmarks[@]}" --methods zero_shot \
+    --output_dir "$RESULTS/trained" --batch_size 16 --max_new_tokens 24 --max_prompt_len 128 --dtype fp32 "$@"
 else
   OUT="${CONQORD_OUT:-model_pth/paper}"
   retrieval=()

@@ -112,8 +112,13 @@ def test_sft_features_truncation_keeps_alignment(toy_tokenizer):
     prompt = "### Question: What color is the flag of Firi?\n### Answer:"
     features = sft_features(toy_tokenizer, prompt, " red\n### Confidence: 0.8", max_len=6)
     assert len(features["input_ids"]) == len(features["labels"]) == 6
-    # a long prompt keeps its end; with the whole window spent on it nothing is learned
-    assert all(label == IGNORE_INDEX for label in features["labels"])
+    # the prompt gives way first (keeping one token), so the row still trains on its response's start
+    response_ids = toy_tokenizer(" red\n### Confidence: 0.8", add_special_tokens=False)["input_ids"]
+    assert features["labels"][0] == IGNORE_INDEX and features["labels"][1:] == response_ids[:5]
+    # a short completion keeps all of it and the prompt's end
+    short = sft_features(toy_tokenizer, prompt, " red", max_len=6)
+    red = toy_tokenizer(" red", add_special_tokens=False)["input_ids"] + [toy_tokenizer.eos_token_id]
+    assert short["input_ids"][-len(red):] == red and short["labels"].count(IGNORE_INDEX) == 6 - len(red)
 
 
 def test_collate_prompts_left_pads():

@@ -108,3 +108,13 @@ def test_confidence_terms_go_to_the_confidence_tokens_only_when_asked():
     assert scoped_dual_reward(q, c, RewardSettings(**big, alignment_on_confidence_tokens=True))["wrong_way_share"] == 0
     scored = scoped_dual_reward(q, c, RewardSettings(**base, scoring_rule="brier", scoring_weight=2.0))
     assert torch.allclose(scored["total"], q + plain["alignment"] - 2.0 * (c - q) ** 2)
+
+
+def test_reward_model_inputs_end_on_eos_whatever_stop_token_ended_the_rollout():
+    from step3_RL_finetune_LLM.experience import reward_model_inputs
+
+    eos, eot, pad = 2, 9, 0
+    batch = reward_model_inputs([[5], [5], [5]], [[7, 8, eos], [7, 8, eot], [7, 8, 3, 4]], [3, 3, 2], eos, pad,
+                                stop_ids=[eos, eot])
+    assert batch["input_ids"].tolist() == [[5, 7, 8, eos], [5, 7, 8, eos], [5, 7, 8, eos]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1]] * 3

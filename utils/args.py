@@ -49,11 +49,13 @@ def add_data_args(parser: argparse.ArgumentParser, with_max_seq_len: bool = True
     """``with_max_seq_len=False`` for step 3, whose lengths are ``--max_prompt/answer_seq_len``."""
     g = parser.add_argument_group("data")
     g.add_argument("--data_path", nargs="+", required=True,
-                   help="Local folders/files (jsonl, json, csv, parquet) or hub dataset names.")
+                   help="Local folders/files (jsonl, json, csv, parquet, .gz) or hub dataset names, in our columns or "
+                        "a known format (rm-static, hh-rlhf; docs/data.md); several are blended.")
     g.add_argument("--data_split", type=_data_split, default=[2.0, 4.0, 4.0],
                    help="Share of each dataset's train split given to steps 1,2,3 (DeepSpeed-Chat's flag).")
     g.add_argument("--data_output_path", default=None,
-                   help="Cache folder for the datasets library (DeepSpeed-Chat's flag).")
+                   help="Cache folder (DeepSpeed-Chat's flag): the datasets library's files and the tokenised "
+                        "data, reused by later runs with the same data, split, seed, tokenizer and lengths.")
     if with_max_seq_len:
         g.add_argument("--max_seq_len", type=_positive(int), default=512)
     g.add_argument("--max_train_examples", type=_positive(int), default=None,

@@ -24,10 +24,12 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequence
 
 from utils import dist
 from utils.errors import UserError
+from utils.generation import stop_token_ids
 from utils.lora import convert_linear_to_lora, fuse_lora_state_dict, lora_scalings, only_optimize_lora
 
 ARGS_FILE = "training_args.json"
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SCALAR_HEAD = "score"  # transformers' name for the head of every causal LM's *ForSequenceClassification
 
 
 class MissingCheckpointError(UserError):
@@ -78,29 +80,41 @@ def _no_dropout(config) -> None:
             setattr(config, key, 0.0)
 
 
-def create_causal_lm(path: str, tokenizer: PreTrainedTokenizerBase, dtype: str = "fp32",
-                     ds_config: dict[str, Any] | None = None, disable_dropout: bool = False) -> nn.Module:
-    config = AutoConfig.from_pretrained(path)
+def _from_pretrained(auto_class, path: str, tokenizer: PreTrainedTokenizerBase, dtype: str,
+                     ds_config: dict[str, Any] | None, disable_dropout: bool, **config_kwargs) -> nn.Module:
+    """``auto_class`` from ``path`` with the tokenizer's pad id, every token's input embedding trainable."""
+    config = AutoConfig.from_pretrained(path, **config_kwargs)
     if disable_dropout:
         _no_dropout(config)
     config.pad_token_id = tokenizer.pad_token_id
     with _zero3_construction(ds_config):
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=TORCH_DTYPES[dtype])
+        model = auto_class.from_pretrained(path, config=config, dtype=TORCH_DTYPES[dtype])
+    # The embedding's padding_idx (the config's pad id) never gets a gradient. Pad positions are masked out of
+    # attention and loss anyway, so it only matters where the pad id is also a real token: with pad := EOS
+    # (Llama, Mistral, Qwen2 base) it froze EOS's embedding, the token the reward is read at.
+    model.get_input_embeddings().padding_idx = None
+    return model
+
+
+def create_causal_lm(path: str, tokenizer: PreTrainedTokenizerBase, dtype: str = "fp32",
+                     ds_config: dict[str, Any] | None = None, disable_dropout: bool = False) -> nn.Module:
+    model = _from_pretrained(AutoModelForCausalLM, path, tokenizer, dtype, ds_config, disable_dropout)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # the tokenizer's EOS (what training appends) first, the checkpoint's other stop ids kept (Llama-3's list)
+    stops = stop_token_ids(model, tokenizer.eos_token_id)
+    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     return model
 
 
 def create_scalar_model(path: str, tokenizer: PreTrainedTokenizerBase, dtype: str = "fp32",
                         ds_config: dict[str, Any] | None = None, disable_dropout: bool = False) -> nn.Module:
     """Backbone + scalar head; from a causal-LM folder the head starts fresh, from a step-2 folder it loads."""
-    config = AutoConfig.from_pretrained(path, num_labels=1)
-    if disable_dropout:
-        _no_dropout(config)
-    config.pad_token_id = tokenizer.pad_token_id
-    with _zero3_construction(ds_config):
-        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=TORCH_DTYPES[dtype])
-    model.trainable_heads = ("score",)
+    model = _from_pretrained(AutoModelForSequenceClassification, path, tokenizer, dtype, ds_config, disable_dropout,
+                             num_labels=1)
+    if not isinstance(getattr(model, SCALAR_HEAD, None), nn.Linear):
+        raise UserError(f"{path}: {type(model).__name__} has no linear `{SCALAR_HEAD}` head; the reward model and "
+                        "critic need a causal-LM architecture whose sequence-classification head is named so")
+    model.trainable_heads = (SCALAR_HEAD,)
     return values_at_every_token(model)
 
 
@@ -119,7 +133,7 @@ def _head_at_every_token(model: nn.Module, input_ids: torch.Tensor, attention_ma
     """The head's value at every position, shape (batch, seq)."""
     hidden = getattr(model, model.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask,
                                                      position_ids=position_ids, use_cache=False).last_hidden_state
-    return model.score(hidden).squeeze(-1)
+    return getattr(model, SCALAR_HEAD)(hidden).squeeze(-1)
 
 
 def apply_lora(model: nn.Module, lora_dim: int, module_name: str, scaling: float = 1.0,

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
+from utils.jsonl import write_jsonl
 from utils.prompts import build_prompt, evidence_block, format_response
 
 RELATIONS = {
@@ -169,18 +170,6 @@ def difficulty(count: int, config: ToyWorldConfig) -> str:
     return "hard" if count <= config.hard_max_count else "medium"
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    n = 0
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
-
-
 def _train_test(rows: list[dict], fraction: float, rng: random.Random) -> tuple[list[dict], list[dict]]:
     rows = rows[:]
     rng.shuffle(rows)
@@ -216,17 +205,17 @@ def generate(out_dir: str | os.PathLike, config: ToyWorldConfig = ToyWorldConfig
     ppo_rows = [qa_row(f) for f in facts if f.pool == "ppo"]
     ppo_train, ppo_test = _train_test(ppo_rows, config.test_fraction, rng)
     sizes = {
-        "step1_sft/train": _write_jsonl(out / "step1_sft/train.jsonl", sft_train),
-        "step1_sft/test": _write_jsonl(out / "step1_sft/test.jsonl", sft_test),
-        "step2_reward/train": _write_jsonl(out / "step2_reward/train.jsonl", rm_train),
-        "step2_reward/test": _write_jsonl(out / "step2_reward/test.jsonl", rm_test),
-        "step3_ppo/train": _write_jsonl(out / "step3_ppo/train.jsonl", ppo_train),
-        "step3_ppo/test": _write_jsonl(out / "step3_ppo/test.jsonl", ppo_test),
-        "eval/test": _write_jsonl(out / "eval/test.jsonl", (qa_row(f) for f in facts if f.pool == "eval")),
-        "eval/seen": _write_jsonl(out / "eval/seen.jsonl", rng.sample(ppo_rows, min(300, len(ppo_rows)))),
-        "corpus": _write_jsonl(out / "corpus.jsonl", ({"id": f"fact-{i}", "text": f.statement}
+        "step1_sft/train": write_jsonl(out / "step1_sft/train.jsonl", sft_train),
+        "step1_sft/test": write_jsonl(out / "step1_sft/test.jsonl", sft_test),
+        "step2_reward/train": write_jsonl(out / "step2_reward/train.jsonl", rm_train),
+        "step2_reward/test": write_jsonl(out / "step2_reward/test.jsonl", rm_test),
+        "step3_ppo/train": write_jsonl(out / "step3_ppo/train.jsonl", ppo_train),
+        "step3_ppo/test": write_jsonl(out / "step3_ppo/test.jsonl", ppo_test),
+        "eval/test": write_jsonl(out / "eval/test.jsonl", (qa_row(f) for f in facts if f.pool == "eval")),
+        "eval/seen": write_jsonl(out / "eval/seen.jsonl", rng.sample(ppo_rows, min(300, len(ppo_rows)))),
+        "corpus": write_jsonl(out / "corpus.jsonl", ({"id": f"fact-{i}", "text": f.statement}
                                                       for i, f in enumerate(facts))),
-        "facts": _write_jsonl(out / "facts.jsonl", ({**asdict(f), "sft_count": counts[f],
+        "facts": write_jsonl(out / "facts.jsonl", ({**asdict(f), "sft_count": counts[f],
                                                      "difficulty": difficulty(counts[f], config)} for f in facts)),
     }
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))

@@ -199,8 +199,11 @@ def run_supervised_step(args, step: SupervisedStep) -> dict:
     """Data, model (+LoRA), DeepSpeed engine, evaluation before and during training, atomic save."""
     from functools import partial
 
+    from datasets import DatasetDict
+
     from utils import args as flags
     from utils.data import load_phase_data
+    from utils.data_cache import cached_dataset, data_fingerprint
     from utils.model import apply_lora, load_tokenizer, require_checkpoint, save_hf_checkpoint
 
     flags.check_args(args)
@@ -208,12 +211,20 @@ def run_supervised_step(args, step: SupervisedStep) -> dict:
     set_seed(args.seed)
     require_checkpoint(args.model_name_or_path, "--model_name_or_path", step.producer)
     tokenizer = load_tokenizer(args.tokenizer_name_or_path or args.model_name_or_path)
-    train, evaluation = load_phase_data(args.data_path, args.data_split, step.phase, step.columns, args.seed,
-                                        args.data_output_path, args.max_train_examples)
-    if evaluation is None:  # no test split: score a slice of the training rows
-        evaluation = train.select(range(min(len(train), 256)))
-    encode = partial(step.features, tokenizer=tokenizer, max_len=args.max_seq_len)
-    train, evaluation = (d.map(encode, remove_columns=list(step.columns)) for d in (train, evaluation))
+
+    def tokenized() -> DatasetDict:
+        train, evaluation = load_phase_data(args.data_path, args.data_split, step.phase, step.columns, args.seed,
+                                            args.data_output_path, args.max_train_examples)
+        if evaluation is None:  # no test split: score a slice of the training rows
+            evaluation = train.select(range(min(len(train), 256)))
+        encode = partial(step.features, tokenizer=tokenizer, max_len=args.max_seq_len)
+        return DatasetDict(train=train.map(encode, remove_columns=list(step.columns)),
+                           eval=evaluation.map(encode, remove_columns=list(step.columns)))
+
+    fingerprint = data_fingerprint(args, tokenizer, step=step.name, phase=step.phase, columns=step.columns,
+                                   max_len=args.max_seq_len)
+    data = cached_dataset(args.data_output_path, fingerprint, tokenized)
+    train, evaluation = data["train"], data["eval"]
     collate = partial(step.collate, pad_id=tokenizer.pad_token_id)
     train_loader = make_loader(train, args.per_device_train_batch_size, collate, True, args.seed)
     eval_loader = make_loader(evaluation, args.per_device_eval_batch_size, collate, False, args.seed)
