@@ -33,9 +33,11 @@ def load_rows(results: Path) -> pd.DataFrame:
     records = []
     for file in sorted(results.glob("*/results.json")):
         for key, summary in json.loads(file.read_text()).items():
+            interval = (summary.get("ci") or {}).get("auroc")
             records.append({"checkpoint": key.split("/")[0],  # keys are NAME/BENCHMARK/METHOD
                             **{k: summary.get(k) for k in ("benchmark", "method", "judge", *METRICS)},
-                            "folder": file.parent.name})
+                            "auroc 95% CI": "[{:.2f}, {:.2f}]".format(*interval) if interval and None not in interval
+                            else "n/a", "folder": file.parent.name})
     frame = pd.DataFrame(records)
     if frame.empty:
         raise SystemExit(f"error: no results.json under {results}: run step 4 of the smollm2 preset first")
@@ -60,6 +62,18 @@ def in_order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(rank=frame["row"].map(rank).fillna(len(rank))).sort_values(["benchmark", "rank"])
 
 
+PPO_KEYS = ("quality_reward", "alignment_reward", "confidence_mean", "spearman_quality_confidence", "kl")
+
+
+def last_rollouts(log: Path, last: int = 3) -> dict[str, float]:
+    """Step 3's rollout statistics, averaged over the last ``last`` log lines (one line: 8 rollouts)."""
+    if not log.is_file():
+        return {}
+    lines = pd.read_json(log, lines=True).tail(last)
+    return {f"{key} (last {len(lines)} logs)" if key == PPO_KEYS[0] else key: float(lines[key].mean())
+            for key in PPO_KEYS if key in lines}
+
+
 def step_summaries(models: Path) -> list[str]:
     lines = ["| step | checkpoint | optimizer steps | s/step | final |", "|---|---|---|---|---|"]
     for folder in ("step1", "step2", "step3_alpha0/actor", "step3_paper/actor", "step3/actor"):
@@ -67,8 +81,8 @@ def step_summaries(models: Path) -> list[str]:
         if not file.is_file():
             continue
         result = json.loads(file.read_text()).get("result", {})
-        final = result.get("final") or {k: v for k, v in result.items() if k.startswith("rollout_")}
-        final_text = ", ".join(f"{k} {_cell(v)}" for k, v in list(final.items())[:4] if isinstance(v, (int, float)))
+        final = result.get("final") or last_rollouts(file.parent.parent / "train_log.jsonl")
+        final_text = ", ".join(f"{k} {_cell(v)}" for k, v in final.items() if k != "step" and isinstance(v, (int, float)))
         lines.append(f"| {folder.split('/')[0]} | `{models / folder}` | {result.get('steps', 'n/a')} | "
                      f"{_cell(result.get('seconds_per_step'))} | {final_text} |")
     return lines
@@ -101,9 +115,10 @@ def report(results: Path, models: Path, data: Path, out: Path) -> Path:
     lines += ["## Training", "", *step_summaries(models), ""]
     for benchmark, group in frame.groupby("benchmark", sort=True):
         judge = ", ".join(sorted(set(group["judge"].dropna())))
-        lines += [f"## {benchmark} (judge: {judge})", "", *markdown_table(group, ["row", *METRICS]), ""]
+        columns = ["row", *METRICS[:4], "auroc 95% CI", *METRICS[4:]]
+        lines += [f"## {benchmark} (judge: {judge})", "", *markdown_table(group, columns), ""]
     lines += ["ECE: 10 equal-width bins; a missing confidence counts as 0.0 and as a parse failure; "
-              "`auroc_stated`: AUROC over the answers that state a confidence.", ""]
+              "`auroc_stated`: AUROC over the answers that state a confidence; intervals: step 4's bootstrap.", ""]
     reading = out.with_name(out.stem + "_reading.md")
     if reading.is_file():
         lines += ["## Reading", "", reading.read_text().strip(), ""]

@@ -10,7 +10,8 @@
 #   CONQORD_HH   hh-rlhf JSONL(.gz) (default ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz; online:
 #                python -m utils.download dataset Anthropic/hh-rlhf --subset harmless-base)
 #   CONQORD_TRUTHFULQA  TruthfulQA.csv (default ../shared/data/TruthfulQA.csv when present, else the hub)
-#   --smoke      a handful of examples and steps (CI: the path cannot rot); writes under runs/smollm2_smoke
+#   --smoke      a handful of examples and steps, one step-3 run (our form) (CI: the path cannot rot); writes
+#                under runs/smollm2_smoke
 # Other arguments go to every step-3 run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -36,7 +37,7 @@ if [ "$SMOKE" = 1 ]; then
   s1=(--max_steps 2 --per_device_train_batch_size 4 --per_device_eval_batch_size 4 --eval_interval 0)
   s2=(--max_steps 2 --per_device_train_batch_size 2 --per_device_eval_batch_size 4 --eval_interval 0)
   s3=(--max_steps 1 --per_device_generation_batch_size 4 --per_device_training_batch_size 4 --max_answer_seq_len 12)
-  s4=(--batch_size 4)
+  s4=(--batch_size 4 --max_new_tokens 8)
 else
   RUN=""
   s4=()
@@ -44,42 +45,25 @@ fi
 DATA="${CONQORD_SMOLLM2_DATA:-datasets/nq_world}"
 OUT="${CONQORD_SMOLLM2_OUT:-model_pth/smollm2}"
 RESULTS="${CONQORD_RESULTS:-results/smollm2}"
-declare -A took
-order=()
-
-timed() {  # timed NAME COMMAND...
-  local name="$1"; shift
-  local start=$SECONDS
-  echo "=== $name"
-  "$@"
-  took[$name]=$((SECONDS - start))
-  order+=("$name")
-}
+. scripts/timing.sh
 
 timed "import SmolLM2 (GGUF -> HF)" python -m utils.gguf_import --output_dir "$CONQORD_SMOLLM2_BASE"
 timed "NQ-open pools + hh-rlhf pairs" python datasets/prepare_nq_world.py --nq "$NQ" --hh "$HH" --out_dir "$DATA" \
   "${data_flags[@]}"
 timed "step 1 (SFT)" bash step1_supervised_finetuning_LM/run_step1.sh "${s1[@]}"
 timed "step 2 (reward model)" bash step2_reward_model/run_step2.sh "${s2[@]}"
-timed "step 3 (PPO, alpha=0)" bash step3_RL_finetune_LLM/run_step3.sh --alpha 0 --output_dir "$OUT/step3_alpha0" \
-  "${s3[@]}" "$@"
-timed "step 3 (CONQORD, paper form)" bash step3_RL_finetune_LLM/run_step3.sh --alpha 0.5 --align_reward_reduction sum \
-  --output_dir "$OUT/step3_paper" "${s3[@]}" "$@"
+if [ "$SMOKE" = 0 ]; then  # the smoke runs the last form only: the three differ in flags, not in code path
+  timed "step 3 (PPO, alpha=0)" bash step3_RL_finetune_LLM/run_step3.sh --alpha 0 --output_dir "$OUT/step3_alpha0" "$@"
+  timed "step 3 (CONQORD, paper form)" bash step3_RL_finetune_LLM/run_step3.sh --alpha 0.5 --align_reward_reduction sum \
+    --output_dir "$OUT/step3_paper" "$@"
+fi
 timed "step 3 (CONQORD, our form)" bash step3_RL_finetune_LLM/run_step3.sh --alpha 32 --alignment_on_confidence_tokens \
   "${s3[@]}" "$@"
 timed "step 4 (evaluation)" bash step4_evaluation/run_step4.sh "${s4[@]}"
 
 mkdir -p "$RESULTS"
-{
-  echo "{"
-  for i in "${!order[@]}"; do
-    sep=","; [ "$i" = $(( ${#order[@]} - 1 )) ] && sep=""
-    printf '  "%s": %d%s\n' "${order[$i]}" "${took[${order[$i]}]}" "$sep"
-  done
-  echo "}"
-} > "$RESULTS/timings.json"
+timings_json "$RESULTS/timings.json"
 report=(--results "$RESULTS" --models "$OUT" --data "$DATA")
 if [ "$SMOKE" = 1 ]; then report+=(--report "$RUN/results_smollm2.md" --embed_in ""); fi
 python -m experiments.smollm2_report "${report[@]}"
-echo "=== wall time per step (s)"
-for name in "${order[@]}"; do printf '%-32s %5d\n' "$name" "${took[$name]}"; done
+print_timings

@@ -8,15 +8,7 @@ cd "$ROOT"
 . scripts/setup_env.sh
 export CONQORD_PRESET=toy HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 TOY_OUT="${CONQORD_TOY_OUT:-model_pth/toy}"
-declare -A took
-
-timed() {  # timed NAME COMMAND...
-  local name="$1"; shift
-  local start=$SECONDS
-  echo "=== $name"
-  "$@"
-  took[$name]=$((SECONDS - start))
-}
+. scripts/timing.sh
 
 timed "toy world" python datasets/generate_toy_world.py --seed "${CONQORD_TOY_SEED:-0}"
 timed "step 1 (SFT)" bash step1_supervised_finetuning_LM/run_step1.sh
@@ -25,7 +17,4 @@ timed "step 3 (PPO, alpha=0)" bash step3_RL_finetune_LLM/run_step3.sh --alpha 0 
 # CONQORD in the form the toy study found best (docs/results.md): alpha*R_A as the confidence tokens' advantage
 timed "step 3 (CONQORD)" bash step3_RL_finetune_LLM/run_step3.sh --alpha 32 --alignment_on_confidence_tokens "$@"
 timed "step 4 (evaluation)" bash step4_evaluation/run_step4.sh
-echo "=== wall time per step (s)"
-for name in "toy world" "step 1 (SFT)" "step 2 (reward model)" "step 3 (PPO, alpha=0)" "step 3 (CONQORD)" "step 4 (evaluation)"; do
-  printf '%-24s %5d\n' "$name" "${took[$name]}"
-done
+print_timings

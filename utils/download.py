@@ -10,43 +10,17 @@ or with the hub unreachable, the command stops at once and says which folder to 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import secrets
-import shutil
 from pathlib import Path
-from typing import Iterator
 
 import huggingface_hub
 from huggingface_hub import constants
 from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 
 from utils.errors import UserError, exits_cleanly_on_user_error
+from utils.files import staged_folder
 
 DEFAULT_ROOT = {"model": "model_pth", "dataset": "datasets"}
 HUB_URL = {"model": "https://huggingface.co/{}", "dataset": "https://huggingface.co/datasets/{}"}
-
-
-@contextlib.contextmanager
-def staged_folder(target: Path) -> Iterator[Path]:
-    """A temporary sibling of ``target`` to fill; it replaces ``target`` in one rename when the block ends
-    normally and is removed when it raises (the same move as ``utils.model``'s checkpoint saving)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # mkdir, not tempfile.mkdtemp: the finished folder gets the user's umask, not mode 0700
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def is_filled(path: Path) -> bool:

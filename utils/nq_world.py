@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from utils.data import DataError, json_lines
-from utils.jsonl import write_jsonl
+from utils.files import write_jsonl
 from utils.prompts import build_prompt, format_response
 
 WH_WORDS = ("when", "who", "where", "what", "which", "how many", "how much", "how", "why")

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
-from utils.jsonl import write_jsonl
+from utils.files import write_jsonl
 from utils.prompts import build_prompt, evidence_block, format_response
 
 RELATIONS = {
