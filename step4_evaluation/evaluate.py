@@ -33,6 +33,7 @@ from step4_evaluation.metrics import auroc, confidence_and_correct, summarize
 from step4_evaluation.plots import reliability_diagram
 from step4_evaluation.prompting import get_method
 from step4_evaluation.retrieval import BM25Retriever, load_passages, plot_sweep, threshold_sweep
+from utils.args import non_negative_int, positive_float, positive_int, unit_float
 from utils.confidence import MISSING_CONFIDENCE, ParsedConfidence, count_statuses
 from utils.data import encode_prompt
 from utils.errors import UserError
@@ -56,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "KIND/LABEL=PATH names a second set of the same kind (e.g. toy/seen=…/seen.jsonl).")
     g.add_argument("--methods", nargs="+", default=["zero_shot"],
                    help="Prompting methods: zero_shot (the fine-tuning format), vanilla, topk, cot.")
-    g.add_argument("--topk", type=int, default=2, help="Guesses asked for by the topk method.")
-    g.add_argument("--max_examples", type=int, default=None, help="A seeded random subset of each benchmark.")
+    g.add_argument("--topk", type=positive_int, default=2, help="Guesses asked for by the topk method.")
+    g.add_argument("--max_examples", type=positive_int, default=None, help="A seeded random subset of each benchmark.")
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--output_dir", default="results/step4")
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--batch_size", type=int, default=64)
-    gen.add_argument("--max_new_tokens", type=int, default=64)
-    gen.add_argument("--max_prompt_len", type=int, default=1024)
+    gen.add_argument("--batch_size", type=positive_int, default=64)
+    gen.add_argument("--max_new_tokens", type=positive_int, default=64)
+    gen.add_argument("--max_prompt_len", type=positive_int, default=1024)
     gen.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     j = parser.add_argument_group("judging")
     j.add_argument("--judge", choices=JUDGES, default="auto",
@@ -73,19 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--judge_model", default="gpt-4", help="LLM judge model name.")
     j.add_argument("--judge_api_key_env", default="OPENAI_API_KEY",
                    help="Environment variable holding the judge's API key (never logged).")
-    j.add_argument("--judge_concurrency", type=int, default=8)
-    j.add_argument("--judge_max_retries", type=int, default=4)
-    j.add_argument("--judge_timeout", type=float, default=60.0)
+    j.add_argument("--judge_concurrency", type=positive_int, default=8)
+    j.add_argument("--judge_max_retries", type=non_negative_int, default=4)
+    j.add_argument("--judge_timeout", type=positive_float, default=60.0)
     j.add_argument("--judge_cache", default=None, help="Judge cache file (default: <output_dir>/judge_cache.jsonl).")
     m = parser.add_argument_group("metrics")
-    m.add_argument("--missing_confidence", type=float, default=MISSING_CONFIDENCE,
+    m.add_argument("--missing_confidence", type=unit_float, default=MISSING_CONFIDENCE,
                    help="Confidence given to answers that state none (also counted as parse failures).")
-    m.add_argument("--n_bins", type=int, default=10, help="Equal-width ECE bins (10, 15, 20, ...).")
-    m.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for 95%% intervals (0: none).")
+    m.add_argument("--n_bins", type=positive_int, default=10, help="Equal-width ECE bins (10, 15, 20, ...).")
+    m.add_argument("--bootstrap", type=non_negative_int, default=1000, help="Bootstrap resamples for 95%% intervals (0: none).")
     r = parser.add_argument_group("adaptive retrieval")
     r.add_argument("--retrieval_corpus", default=None,
                    help="JSONL of {id, text} passages; enables confidence-gated retrieval (BM25).")
-    r.add_argument("--retrieval_k", type=int, default=2, help="Passages put in the prompt.")
+    r.add_argument("--retrieval_k", type=positive_int, default=2, help="Passages put in the prompt.")
     return parser
 
 

@@ -50,3 +50,58 @@ def test_missing_required_flag_exits_2(capsys):
         build_parser().parse_args(REQUIRED[2:])
     assert info.value.code == 2
     assert "--data_path" in capsys.readouterr().err
+
+
+# --- refused at start instead of accepted silently (issue 10) -------------------------------------------
+
+@pytest.mark.parametrize("extra, flag", [
+    (["--save_interval", "-1"], "--save_interval"),
+    (["--freezing_actor_steps", "-2"], "--freezing_actor_steps"),
+    (["--num_warmup_steps", "-1"], "--num_warmup_steps"),
+])
+def test_negative_step_counts_exit_2_naming_the_flag(capsys, extra, flag):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(REQUIRED + extra)
+    assert info.value.code == 2 and flag in capsys.readouterr().err
+
+
+def _supervised(*extra: str):
+    from utils.args import supervised_parser
+
+    return supervised_parser("test", 1e-4).parse_args(["--data_path", "d", "--model_name_or_path", "m",
+                                                       "--output_dir", "o", *extra])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--offload", "--zero_stage", "0"], "--offload needs ZeRO stage >= 1, got --zero_stage 0"),
+    (["--only_optimize_lora"], "--only_optimize_lora with --lora_dim 0 would train no adapter"),
+])
+def test_supervised_flag_combinations_are_refused(extra, message):
+    from utils.args import check_args
+
+    with pytest.raises(SystemExit, match=message):
+        check_args(_supervised(*extra))
+
+
+def test_step3_flag_combinations_are_refused():
+    from utils.args import check_args
+
+    with pytest.raises(SystemExit, match="got --critic_zero_stage 0"):
+        check_args(build_parser().parse_args(REQUIRED + ["--offload", "--actor_zero_stage", "3"]))
+    with pytest.raises(SystemExit, match="--actor_lora_dim 0 --critic_lora_dim 0 would train no adapter"):
+        check_args(build_parser().parse_args(REQUIRED + ["--only_optimize_lora"]))
+    # an adapter on one model is enough: the other trains its scalar head only, on purpose
+    check_args(build_parser().parse_args(REQUIRED + ["--only_optimize_lora", "--actor_lora_dim", "8"]))
+    check_args(_supervised("--offload", "--zero_stage", "2", "--only_optimize_lora", "--lora_dim", "4"))
+
+
+@pytest.mark.parametrize("flag, value", [("--batch_size", "0"), ("--n_bins", "0"), ("--max_new_tokens", "0"),
+                                         ("--topk", "0"), ("--max_examples", "0"), ("--bootstrap", "-1"),
+                                         ("--retrieval_k", "0"), ("--judge_concurrency", "0"),
+                                         ("--missing_confidence", "2"), ("--judge_timeout", "0")])
+def test_step4_bad_numbers_exit_2_before_anything_loads(capsys, flag, value):
+    from step4_evaluation.evaluate import build_parser as step4_parser
+
+    with pytest.raises(SystemExit) as info:
+        step4_parser().parse_args(["--checkpoints", "m", flag, value])
+    assert info.value.code == 2 and flag in capsys.readouterr().err

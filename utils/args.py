@@ -21,6 +21,13 @@ def _positive(kind):
     return parse
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -33,6 +40,12 @@ def _unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
     return value
+
+
+# the checks above, for other modules' parsers (step 4)
+positive_int = _positive(int)
+positive_float = _positive(float)
+unit_float = _unit_float
 
 
 def _data_split(text: str) -> list[float]:
@@ -84,10 +97,10 @@ def add_training_args(parser: argparse.ArgumentParser, learning_rate: float = 1e
     g.add_argument("--lr_scheduler_type", default="cosine",
                    choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                             "constant_with_warmup"])
-    g.add_argument("--num_warmup_steps", type=int, default=0)
+    g.add_argument("--num_warmup_steps", type=non_negative_int, default=0)
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--gradient_checkpointing", action="store_true")
-    g.add_argument("--eval_interval", type=int, default=0, help="Evaluate every N optimizer steps (0: per epoch).")
+    g.add_argument("--eval_interval", type=non_negative_int, default=0, help="Evaluate every N optimizer steps (0: per epoch).")
 
 
 def add_lora_args(parser: argparse.ArgumentParser, prefix: str = "", default_module: str = "layers.") -> None:
@@ -175,9 +188,9 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--actor_weight_decay", type=_non_negative_float, default=0.0)
     t.add_argument("--critic_weight_decay", type=_non_negative_float, default=0.0)
     t.add_argument("--lr_scheduler_type", default="constant", choices=["constant", "linear", "cosine"])
-    t.add_argument("--num_warmup_steps", type=int, default=0)
+    t.add_argument("--num_warmup_steps", type=non_negative_int, default=0)
     t.add_argument("--seed", type=int, default=1234)
-    t.add_argument("--freezing_actor_steps", type=int, default=0,
+    t.add_argument("--freezing_actor_steps", type=non_negative_int, default=0,
                    help="Train only the critic for the first N steps (OpenRLHF's flag): a critic initialised "
                         "from the reward model starts far from the returns, and its errors swamp the advantages.")
     t.add_argument("--kl_ctl", type=_non_negative_float, default=0.1, help="Per-token KL penalty to the reference.")
@@ -186,7 +199,7 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--cliprange_value", type=_positive(float), default=0.2)
     t.add_argument("--gamma", type=_unit_float, default=1.0)
     t.add_argument("--lam", type=_unit_float, default=0.95)
-    t.add_argument("--save_interval", type=int, default=0, help="Save a resumable checkpoint every N steps (0: never).")
+    t.add_argument("--save_interval", type=non_negative_int, default=0, help="Save a resumable checkpoint every N steps (0: never).")
     t.add_argument("--resume", action="store_true", help="Continue from the last resumable checkpoint in --output_dir.")
 
     g = parser.add_argument_group("generation")
@@ -233,13 +246,21 @@ def supervised_parser(description: str, learning_rate: float) -> argparse.Argume
 
 def check_args(args: argparse.Namespace) -> None:
     """Refusals that involve more than one flag."""
-    if getattr(args, "offload", False) and getattr(args, "zero_stage", 3) == 0 \
-            and getattr(args, "actor_zero_stage", 3) == 0:
-        raise SystemExit("error: --offload needs ZeRO stage >= 1 (set --zero_stage / --actor_zero_stage)")
+    stages = {f"--{name}": getattr(args, name) for name in ("zero_stage", "actor_zero_stage", "critic_zero_stage")
+              if hasattr(args, name)}
+    if getattr(args, "offload", False) and any(stage == 0 for stage in stages.values()):
+        zero = " ".join(f"{flag} 0" for flag, stage in stages.items() if stage == 0)
+        raise SystemExit(f"error: --offload needs ZeRO stage >= 1, got {zero}")
+    dims = {}
     for prefix in ("", "actor_", "critic_"):
         dim = getattr(args, f"{prefix}lora_dim", None)
         if dim is not None and dim < 0:
             raise SystemExit(f"error: --{prefix}lora_dim must be >= 0, got {dim}")
+        if dim is not None:
+            dims[f"--{prefix}lora_dim"] = dim
+    if getattr(args, "only_optimize_lora", False) and dims and all(dim == 0 for dim in dims.values()):
+        raise SystemExit(f"error: --only_optimize_lora with {' '.join(f'{k} 0' for k in dims)} would train no adapter: "
+                         "set a LoRA rank > 0 or drop --only_optimize_lora")
 
 
 def add_dry_run_arg(parser: argparse.ArgumentParser) -> None:

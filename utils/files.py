@@ -35,6 +35,7 @@ def staged_folder(target: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        honour_umask(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             target.rename(old)
@@ -45,3 +46,16 @@ def staged_folder(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def honour_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a plain ``open``/``mkdir`` would: files
+    ``0666 & ~umask``, folders ``0777 & ~umask`` (0644 / 0755 under the usual 022). Libraries that write
+    through private temporary files (safetensors: 0600) would otherwise leave checkpoints that nobody
+    else on a shared machine can read."""
+    mask = os.umask(0)
+    os.umask(mask)  # reading the umask means setting it: put it back at once
+    for path in (root, *root.rglob("*")):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
