@@ -20,7 +20,6 @@ Files (under ``out_dir``):
 """
 from __future__ import annotations
 
-import gzip
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -58,14 +57,10 @@ def read_nq_open(path: str | Path) -> list[dict]:
 
 def read_hh_rlhf(path: str | Path) -> Iterator[dict]:
     """hh-rlhf rows (``chosen``, ``rejected``) from a ``.jsonl`` or ``.jsonl.gz`` file."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                row = json.loads(line)
-                if not {"chosen", "rejected"} <= row.keys():
-                    raise DataError(f"{path}:{number}: expected hh-rlhf's chosen/rejected dialogues")
-                yield {"chosen": row["chosen"], "rejected": row["rejected"]}
+    for where, row in json_lines(Path(path)):
+        if not {"chosen", "rejected"} <= row.keys():
+            raise DataError(f"{where}: expected hh-rlhf's chosen/rejected dialogues")
+        yield {"chosen": row["chosen"], "rejected": row["rejected"]}
 
 
 def _answered(pair: dict) -> bool:
