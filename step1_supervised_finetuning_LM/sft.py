@@ -9,7 +9,7 @@ import torch
 from utils import args as flags
 from utils import dist
 from utils.data import collate_sft, sft_features
-from utils.model import create_causal_lm
+from utils.model import CAUSAL_LM, create_causal_lm
 from utils.training import SupervisedStep, run_supervised_step
 
 
@@ -43,7 +43,7 @@ def _features(row: dict, tokenizer, max_len: int) -> dict:
 STEP = SupervisedStep(name="step1", phase=0, columns=("prompt", "response"),
                       producer="python datasets/generate_toy_world.py (toy world) or fetch the base model",
                       create_model=create_causal_lm, features=_features, collate=collate_sft, loss=lm_loss,
-                      evaluate=evaluate_perplexity)
+                      evaluate=evaluate_perplexity, input_kind=CAUSAL_LM)
 
 
 def run(args: argparse.Namespace) -> dict:

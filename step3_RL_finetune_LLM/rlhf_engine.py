@@ -8,7 +8,8 @@ from typing import Any
 from utils import dist
 from utils.ds_config import eval_ds_config, train_ds_config
 from utils.errors import UserError
-from utils.model import apply_lora, create_causal_lm, create_scalar_model, require_checkpoint
+from utils.model import (CAUSAL_LM, REWARD_MODEL, apply_lora, checked_tokenizer, create_causal_lm, create_scalar_model,
+                         require_checkpoint, require_vocabulary_fits)
 from utils.training import build_engine, build_frozen_engine
 
 STEP1 = "step 1 (bash step1_supervised_finetuning_LM/run_step1.sh)"
@@ -48,11 +49,54 @@ def engine_configs(args: argparse.Namespace, world_size: int) -> dict[str, dict[
 
 
 def check_inputs(args: argparse.Namespace) -> None:
-    require_checkpoint(args.actor_model_name_or_path, "--actor_model_name_or_path", STEP1)
-    require_checkpoint(args.critic_model_name_or_path, "--critic_model_name_or_path", STEP2)
-    if args.quality_reward == "model":
-        require_checkpoint(args.reward_model_name_or_path or args.critic_model_name_or_path,
-                           "--reward_model_name_or_path", STEP2)
+    """Refuse unusable model folders before any weights load: each must be a model of its role's kind and,
+    outside the dry run (config.json alone is enough there), hold its weights, share the actor's tokenizer
+    and have an embedding that covers it."""
+    loads = not args.dry_run
+    require_checkpoint(args.actor_model_name_or_path, "--actor_model_name_or_path", STEP1, CAUSAL_LM, weights=loads)
+    # any critic will do: from a causal LM its value head starts fresh, as PPO expects
+    require_checkpoint(args.critic_model_name_or_path, "--critic_model_name_or_path", STEP2, weights=loads)
+    reward = _reward_role(args)
+    if reward is not None:
+        require_checkpoint(*reward, REWARD_MODEL, weights=loads)
+    if loads:
+        _check_vocabularies(args)
+
+
+def _reward_role(args: argparse.Namespace) -> tuple[str, str, str] | None:
+    """Path, flag and producer of the frozen reward model; None with --quality_reward oracle."""
+    if args.quality_reward != "model":
+        return None
+    if args.reward_model_name_or_path:
+        return args.reward_model_name_or_path, "--reward_model_name_or_path", STEP2
+    return (args.critic_model_name_or_path, "--critic_model_name_or_path (also the reward model: no "
+            "--reward_model_name_or_path)", f"{STEP2}, or give the reward model as --reward_model_name_or_path")
+
+
+def _check_vocabularies(args: argparse.Namespace) -> None:
+    """The critic and reward model read the actor's token ids: same vocabulary, and embeddings that cover it
+    (a mismatch is otherwise an IndexError mid-run, or scores of other tokens)."""
+    tokenizer_flag = ("--tokenizer_model_name_or_path" if args.tokenizer_model_name_or_path
+                      else "--actor_model_name_or_path")
+    tokenizer_path = args.tokenizer_model_name_or_path or args.actor_model_name_or_path
+    tokenizer, source = checked_tokenizer(tokenizer_path, tokenizer_flag), f"{tokenizer_flag} {tokenizer_path}"
+    scalar_models = {args.critic_model_name_or_path: "--critic_model_name_or_path"}
+    reward = _reward_role(args)
+    if reward is not None:  # the critic's flag stays when it is the reward model too
+        scalar_models.setdefault(reward[0], "--reward_model_name_or_path")
+    for path, flag in scalar_models.items():
+        _require_same_vocabulary(checked_tokenizer(path, flag).get_vocab(), tokenizer.get_vocab(), f"{flag} {path}",
+                                 source)
+    for path, flag in {args.actor_model_name_or_path: "--actor_model_name_or_path", **scalar_models}.items():
+        require_vocabulary_fits(path, flag, tokenizer, source)
+
+
+def _require_same_vocabulary(vocab: dict[str, int], expected: dict[str, int], model: str, source: str) -> None:
+    differ = sorted(token for token in vocab.keys() | expected.keys() if vocab.get(token) != expected.get(token))
+    if differ:
+        raise UserError(f"{model}: its tokenizer's vocabulary differs from the one PPO uses ({source}): "
+                        f"{len(differ)} token(s) differ, e.g. {differ[0]!r}; use one trained with that tokenizer "
+                        "(step 2 started from the actor's step-1 folder)")
 
 
 def build_engines(args: argparse.Namespace, tokenizer, total_steps: int) -> Engines:
@@ -92,8 +136,4 @@ def build_engines(args: argparse.Namespace, tokenizer, total_steps: int) -> Engi
         reward_config = configs["reward"]
         reward_engine = build_frozen_engine(create_scalar_model(path, tokenizer, args.dtype, reward_config,
                                                                 disable_dropout=True), reward_config)
-        if reward_engine.module.config.vocab_size < len(tokenizer):
-            raise UserError(f"--reward_model_name_or_path {path}: its vocabulary ({reward_engine.module.config.vocab_size})"
-                            f" is smaller than the actor's tokenizer ({len(tokenizer)}); use a reward model trained"
-                            " with the actor's tokenizer")
     return Engines(actor_engine, ref, critic_engine, reward_engine)

@@ -1,9 +1,12 @@
-"""Step 3: PPO with the CONQORD dual reward — the loop, the PPO update, logging, saving and resuming."""
+"""Step 3: PPO with the CONQORD dual reward — the loop, the PPO update, logging and saving.
+
+``--output_dir`` holds the final ``actor/`` and ``critic/``, ``train_log.jsonl`` and, every ``--save_interval``
+steps, the resumable state of :mod:`step3_RL_finetune_LLM.run_state`.
+"""
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -12,20 +15,20 @@ import torch
 
 from step3_RL_finetune_LLM.experience import (Experience, ExperienceMaker, RewardSettings, response_log_probs,
                                               response_values)
+from step3_RL_finetune_LLM import run_state
 from step3_RL_finetune_LLM.ppo import actor_loss, critic_loss, whiten
 from step3_RL_finetune_LLM.rlhf_engine import Engines, build_engines, check_inputs
 from utils import args as flags
 from utils import dist
-from utils.data import DataError, encode_prompt, load_phase_data
+from utils.data import encode_prompt, load_phase_data
 from utils.data_cache import cached_dataset, data_fingerprint
+from utils.files import check_output_folder, output_lock
 from utils.generation import GenerationSettings
 from utils.model import load_tokenizer, save_hf_checkpoint
 from utils.profiling import PhaseTimer, peak_gpu_memory_gib
 from utils.training import Logger, make_loader, set_seed
 
 PHASE = 2
-RESUME_DIR = "resume"
-STATE_FILE = "trainer_state.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,33 +98,33 @@ def _prompt_features(row: dict, tokenizer, max_len: int) -> dict:
     return {"prompt_ids": encode_prompt(tokenizer, row["prompt"], max_len)}
 
 
-def _save_resumable(engines: Engines, out: Path, state: dict) -> None:
-    tag = f"step{state['step']}"
-    for name in ("actor", "critic"):
-        getattr(engines, name).save_checkpoint(str(out / RESUME_DIR / name), tag=tag)
-    if dist.is_main():
-        tmp = out / RESUME_DIR / f"{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, out / RESUME_DIR / STATE_FILE)  # written last: names a complete checkpoint
-    dist.barrier()
-
-
-def _load_resumable(engines: Engines, out: Path) -> dict:
-    file = out / RESUME_DIR / STATE_FILE
-    if not file.is_file():
-        raise DataError(f"--resume: no resumable checkpoint in {out / RESUME_DIR} (it is written every "
-                        "--save_interval steps); drop --resume to start afresh")
-    state = json.loads(file.read_text())
-    for name in ("actor", "critic"):
-        getattr(engines, name).load_checkpoint(str(out / RESUME_DIR / name), tag=f"step{state['step']}")
-    return state
+def check_actor_trains(args: argparse.Namespace, total_steps: int, steps_per_epoch: int) -> None:
+    """The actor is updated only after --freezing_actor_steps: covering the whole run, step 3 would save the
+    step-1 model unchanged, silently."""
+    if args.freezing_actor_steps < total_steps:
+        return
+    source = (f"--max_steps {args.max_steps}" if args.max_steps else f"{steps_per_epoch} rollout batches per epoch x "
+              f"--num_train_epochs {args.num_train_epochs}; no --max_steps")
+    raise run_state.RefusedRun(f"--freezing_actor_steps {args.freezing_actor_steps} >= the run's {total_steps} steps ({source}): "
+                     "the actor would never be updated and step 3 would save the step-1 model unchanged; lower "
+                     "--freezing_actor_steps or raise --max_steps")
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Checks of the flags and ``--output_dir``, then the run under the folder's lock (one writer)."""
     flags.check_args(args)
+    check_output_folder(args.output_dir)
+    with output_lock(Path(args.output_dir)):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> dict:
     dist.init_distributed(args.local_rank)
     set_seed(args.seed)
     check_inputs(args)
+    out = Path(args.output_dir)
+    provenance = run_state.made_by(args)
+    state = run_state.read_resume_state(out, provenance, args) if args.resume else {"step": 0, "seconds": 0.0}
     warn_if_alignment_vanishes(args)
     if args.enable_hybrid_engine:
         warnings.warn("--enable_hybrid_engine is ignored: rollouts gather the ZeRO-3 weights once and generate "
@@ -142,20 +145,24 @@ def run(args: argparse.Namespace) -> dict:
     loader = make_loader(prompts, args.per_device_generation_batch_size, list, True, args.seed)
     steps_per_epoch = len(loader)
     total_steps = args.max_steps or steps_per_epoch * args.num_train_epochs
+    check_actor_trains(args, total_steps, steps_per_epoch)
     updates = total_steps * args.ppo_epochs * -(-args.per_device_generation_batch_size // args.per_device_training_batch_size)
     engines = build_engines(args, tokenizer, updates // args.gradient_accumulation_steps)
     generation = GenerationSettings(max_new_tokens=args.max_answer_seq_len, do_sample=not args.greedy_rollouts,
                                     temperature=args.temperature, top_p=args.top_p)
     timer = PhaseTimer()
     maker = ExperienceMaker(engines, tokenizer, generation, reward_settings(args), timer)
-    out = Path(args.output_dir)
-    state = _load_resumable(engines, out) if args.resume else {"step": 0}
+    if args.resume:
+        run_state.load_resumable(engines, out, state["step"])
     logger = Logger(args.enable_tensorboard, args.tensorboard_path, "step3_ppo")
-    log_file = out / "train_log.jsonl"
+    log_file = out / run_state.LOG_FILE
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        if not args.resume:
-            log_file.unlink(missing_ok=True)
+        if args.resume:
+            run_state.truncate_log(log_file, state["step"])
+        else:
+            run_state.start_afresh(out)
+    dist.barrier()
     dist.print_rank0(f"step 3: {len(prompts)} prompts, {steps_per_epoch} rollout batches per epoch, {total_steps} steps, "
                      f"alpha={args.alpha} ({args.align_reward_reduction}, {args.align_reward_scope}), "
                      f"quality={args.quality_reward}")
@@ -175,26 +182,30 @@ def run(args: argparse.Namespace) -> dict:
             update_actor = step > args.freezing_actor_steps
             with timer("training"):
                 losses = [ppo_update(engines, experience, args, update_actor) for experience in buffer]
-            record = _record(buffer, losses, step, epoch, time.time() - start)
+            seconds = state["seconds"] + time.time() - start  # a resumed run counts the earlier runs' time
+            row = _record(buffer, losses, step, epoch, seconds)
             buffer = []
-            logger.scalars(record, step, "train/")
+            logger.scalars(row, step, "train/")
             if dist.is_main():
                 with log_file.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
+                    handle.write(json.dumps(row) + "\n")
             if step % args.log_interval == 0 or step == total_steps:
-                dist.print_rank0(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+                dist.print_rank0(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             if args.save_interval and step % args.save_interval == 0:
-                _save_resumable(engines, out, {"step": step})
+                run_state.save_resumable(engines, out, {"step": step, "seconds": round(seconds, 1), "made_by": provenance},
+                                args.save_total_limit)
             if step >= total_steps:
                 break
         if step >= total_steps:
             break
     logger.close()
-    seconds, done = time.time() - start, step - state["step"]  # this run's steps (a resume skips some)
-    summary = {"steps": step, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(done, 1), 4),
-               **timer.per_step(done), "peak_gpu_memory_gib": peak_gpu_memory_gib()}
-    save_hf_checkpoint(engines.actor, tokenizer, out / "actor", {**vars(args), "result": summary})
-    save_hf_checkpoint(engines.critic, tokenizer, out / "critic", {**vars(args), "result": summary})
+    run_seconds, done = time.time() - start, step - state["step"]  # this run's steps (a resume skips some)
+    summary = {"steps": step, "seconds": round(state["seconds"] + run_seconds, 1), "run_seconds": round(run_seconds, 1),
+               "seconds_per_step": round(run_seconds / max(done, 1), 4), **timer.per_step(done),
+               "peak_gpu_memory_gib": peak_gpu_memory_gib()}
+    for name in ("actor", "critic"):
+        folder = save_hf_checkpoint(getattr(engines, name), tokenizer, out / name, {**vars(args), "result": summary})
+        dist.print_rank0(f"saved {name} to {folder}")
     dist.print_rank0(json.dumps({"step3": summary}))
     return summary
 

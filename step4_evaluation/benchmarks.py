@@ -12,18 +12,19 @@ Every loader returns a list of dicts with the keys
 * ``difficulty`` (str or None): the toy world's ``easy|medium|hard``, None elsewhere;
 * toy world only, when present in the file: ``sft_count`` (how often the fact was seen in SFT).
 
-Local files are read directly (``csv`` / ``json``, no ``datasets`` cache) so that a bad row is reported
-as ``file:line``; without a path, TruthfulQA and NQ-open come from the Hugging Face hub.
+Local files are read directly (through :mod:`utils.data`'s readers, no ``datasets`` cache) so that a bad
+row is reported as ``file:line``: an empty file, a byte that is not UTF-8, answers that are not a list of
+strings (:data:`utils.data.COLUMN_TYPES`). Without a path, TruthfulQA and NQ-open come from the Hugging
+Face hub.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from utils.data import DataError, json_lines
+from utils.data import DataError, check_value, csv_rows, empty_error, json_lines
 
 BENCHMARKS = ("truthfulqa", "nq_open", "toy")
 TRUTHFULQA_HUB = ("truthfulqa/truthful_qa", "generation", "validation")  # formerly "truthful_qa"
@@ -31,6 +32,7 @@ NQ_OPEN_HUB = ("google-research-datasets/nq_open", None, "validation")  # former
 TRUTHFULQA_COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
 TRUTHFULQA_SEPARATOR = ";"  # the CSV joins answers with "; "
 TOY_EVAL_FILE = "eval/test.jsonl"
+JSONL_EMPTY_HINT = "pass a file with one JSON question per line"
 
 
 def _dedup(texts: Iterable[Any]) -> list[str]:
@@ -89,32 +91,16 @@ def load_truthfulqa(path: str | None = None) -> list[dict]:
 
     file = _existing_file(path, "the TruthfulQA CSV")
     records = []
-    with file.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or not any(cell.strip() for cell in header):
-            raise DataError(f"{file}: empty file (expected the TruthfulQA CSV with a header row)")
-        header = [cell.strip() for cell in header]
-        for column in TRUTHFULQA_COLUMNS:
-            if column not in header:
-                raise DataError(f"{file}: missing column {column!r} (needed: {list(TRUTHFULQA_COLUMNS)}; "
-                                f"found: {header})")
-        col = {name: header.index(name) for name in TRUTHFULQA_COLUMNS}
-        while True:
-            line = reader.line_num + 1  # where the next record starts (a quoted cell may span lines)
-            cells = next(reader, None)
-            if cells is None:
-                break
-            if not any(cell.strip() for cell in cells):
-                continue
-            where = f"{file}:{line}"
-            if len(cells) < len(header):
-                raise DataError(f"{where}: {len(cells)} cells, the header has {len(header)}")
-            answers = _dedup([cells[col["Best Answer"]], *_split_answers(cells[col["Correct Answers"]])])
-            records.append(_record("truthfulqa", len(records), cells[col["Question"]], answers, where,
-                                   incorrect=_dedup(_split_answers(cells[col["Incorrect Answers"]]))))
+    for where, row in csv_rows(file, lambda line: f"{file}:{line}"):
+        missing = [column for column in TRUTHFULQA_COLUMNS if column not in row]
+        if missing:  # every row has the header's columns
+            raise DataError(f"{file}: missing column {missing[0]!r} (needed: {list(TRUTHFULQA_COLUMNS)}; "
+                            f"found: {list(row)})")
+        answers = _dedup([row["Best Answer"], *_split_answers(row["Correct Answers"])])
+        records.append(_record("truthfulqa", len(records), row["Question"], answers, where,
+                               incorrect=_dedup(_split_answers(row["Incorrect Answers"]))))
     if not records:
-        raise DataError(f"{file}: no examples (only a header)")
+        raise empty_error(file, "pass the TruthfulQA CSV: a header row, then one question per row")
     return records
 
 
@@ -128,15 +114,8 @@ def _read_jsonl(file: Path, answer_keys: tuple[str, ...]) -> Iterable[tuple[dict
         if key is None:
             raise DataError(f"{where}: missing key {answer_keys[0]!r}"
                             + (f" (or {', '.join(map(repr, answer_keys[1:]))})" if len(answer_keys) > 1 else ""))
-        value = row[key]
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise DataError(f"{where}: key {key!r} must be a list of strings, got {type(value).__name__}")
-        answers = _dedup(v for v in value if v is not None)
-        if not answers:
-            raise DataError(f"{where}: key {key!r} is an empty answer list")
-        yield row, answers, where
+        check_value(key, row[key], where)
+        yield row, _dedup(row[key]), where
 
 
 def load_nq_open(path: str | None = None) -> list[dict]:
@@ -150,7 +129,7 @@ def load_nq_open(path: str | None = None) -> list[dict]:
     records = [_record("nq_open", i, row["question"], answers, where)
                for i, (row, answers, where) in enumerate(_read_jsonl(file, ("answer", "answers")))]
     if not records:
-        raise DataError(f"{file}: empty file (no examples)")
+        raise empty_error(file, JSONL_EMPTY_HINT)
     return records
 
 
@@ -167,7 +146,7 @@ def load_toy(path: str) -> list[dict]:
         extra = {"sft_count": row["sft_count"]} if "sft_count" in row else {}
         records.append(_record("toy", i, row["question"], answers, where, difficulty=row.get("difficulty"), **extra))
     if not records:
-        raise DataError(f"{file}: empty file (no examples)")
+        raise empty_error(file, JSONL_EMPTY_HINT)
     return records
 
 

@@ -9,7 +9,9 @@ One *row* of the report is a checkpoint × prompting method × benchmark. For ea
 * with ``--retrieval_corpus``: ``generations_rag.jsonl``, ``retrieval.json`` (accuracy and
   retrieval rate per threshold τ) and ``retrieval.png``.
 
-Over all rows: ``results.md``, ``results.csv`` and ``results.json``; the Markdown table is printed.
+Over all rows evaluated into ``<output_dir>``, by this run and earlier ones (a row evaluated again
+replaces its earlier result): ``results.md``, ``results.csv`` and ``results.json``; the Markdown table is
+printed. One run at a time writes into an ``<output_dir>``.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -37,14 +40,18 @@ from utils.args import non_negative_int, positive_float, positive_int, unit_floa
 from utils.confidence import MISSING_CONFIDENCE, ParsedConfidence, count_statuses
 from utils.data import encode_prompt
 from utils.errors import UserError
+from utils.files import check_output_folder, output_lock
 from utils.generation import GenerationSettings, generate, response_ids
-from utils.model import create_causal_lm, load_tokenizer, require_checkpoint
+from utils.model import (CAUSAL_LM, checked_tokenizer, create_causal_lm, require_checkpoint,
+                         require_vocabulary_fits)
 from utils.profiling import peak_gpu_memory_gib
 from utils.training import batched, set_seed
 
 TABLE_COLUMNS = ("n", "accuracy", "ece", "auroc", "auroc_stated", "aurc", "pearson", "spearman", "brier",
                  "parse_failure_rate")
 JUDGES = ("auto", "exact_match", "token_f1", "truthfulqa_reference", "llm")
+ACTORS = "step 1 or step 3 (they write actors)"
+RESULTS_JSON = "results.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +128,14 @@ def benchmark_kind(name: str) -> str:
     return name.split("/", 1)[0]
 
 
+def checked_checkpoint(path: str):
+    """An actor folder step 4 can evaluate, checked before any weights load: its own tokenizer, left-padded."""
+    require_checkpoint(path, "--checkpoints", ACTORS, CAUSAL_LM, weights=True)
+    tokenizer = checked_tokenizer(path, "--checkpoints", padding_side="left")
+    require_vocabulary_fits(path, "--checkpoints", tokenizer, path)
+    return tokenizer
+
+
 # ---------------------------------------------------------------- generation (resumable)
 
 def _read_jsonl(file: Path) -> list[dict]:
@@ -168,17 +183,43 @@ def generate_missing(model, tokenizer, prompts: dict[str, str], file: Path, batc
 
 # ---------------------------------------------------------------- judging
 
+def judge_name(judge: str, benchmark: str) -> str:
+    """The judge ``--judge`` picks for ``benchmark``."""
+    if judge != "auto":
+        return judge
+    return "truthfulqa_reference" if benchmark_kind(benchmark) == "truthfulqa" else "exact_match"
+
+
+def check_judging(args: argparse.Namespace, questions: dict[str, list[dict]]) -> None:
+    """What the judges need, refused before any generation (judging comes after it)."""
+    for benchmark, items in questions.items():
+        if judge_name(args.judge, benchmark) == "truthfulqa_reference" and any(not q.get("incorrect_answers")
+                                                                              for q in items):
+            raise UserError(f"--judge truthfulqa_reference needs incorrect reference answers, which --benchmarks "
+                            f"{benchmark} does not have; use exact_match, token_f1 or llm")
+    if args.judge != "llm":
+        return
+    from step4_evaluation.llm_judge import api_key
+
+    url = urlparse(args.judge_base_url) if args.judge_base_url is not None else None
+    if url is not None and (url.scheme not in ("http", "https") or not url.netloc):  # else: every request fails
+        raise UserError(f"--judge_base_url {args.judge_base_url}: not an http(s) URL; give the judge server's "
+                        "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    try:
+        api_key(args.judge_api_key_env)
+    except ValueError as err:
+        raise UserError(f"--judge llm: {err}; export it, or name another with --judge_api_key_env") from None
+
+
 class Judging:
     """Chooses the judge per benchmark and runs it; LLM verdicts are cached on disk by the judge."""
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self._llm = None
+        self.llm = self._llm_judge() if args.judge == "llm" else None
 
     def name(self, benchmark: str) -> str:
-        if self.args.judge != "auto":
-            return self.args.judge
-        return "truthfulqa_reference" if benchmark_kind(benchmark) == "truthfulqa" else "exact_match"
+        return judge_name(self.args.judge, benchmark)
 
     def verdicts(self, benchmark: str, questions: list[dict], answers: list[str]) -> list[judges.Verdict]:
         name = self.name(benchmark)
@@ -189,30 +230,24 @@ class Judging:
                       "incorrect_answers": q.get("incorrect_answers") or [], "task": task}
                      for q, a in zip(questions, answers)]
             return self.llm.judge_many(items)
-        if name == "truthfulqa_reference":
-            if any(not q.get("incorrect_answers") for q in questions):
-                raise UserError(f"--judge truthfulqa_reference needs incorrect reference answers, which "
-                                f"{benchmark} does not have; use exact_match, token_f1 or llm")
+        if name == "truthfulqa_reference":  # check_judging made sure of the incorrect answers
             return [judges.judge_truthfulqa_reference(a, q["answers"], q.get("incorrect_answers") or [],
                                                       metric=self.args.truthfulqa_metric)
                     for q, a in zip(questions, answers)]
         single = judges.judge_token_f1 if name == "token_f1" else judges.judge_exact_match
         return [single(a, q["answers"]) for q, a in zip(questions, answers)]
 
-    @property
-    def llm(self):
-        if self._llm is None:
-            from step4_evaluation.llm_judge import LLMJudge
+    def _llm_judge(self):
+        from step4_evaluation.llm_judge import LLMJudge
 
-            try:
-                self._llm = LLMJudge(base_url=self.args.judge_base_url, model=self.args.judge_model,
-                                     api_key_env=self.args.judge_api_key_env,
-                                     cache_path=self.args.judge_cache or Path(self.args.output_dir) / "judge_cache.jsonl",
-                                     max_concurrency=self.args.judge_concurrency,
-                                     max_retries=self.args.judge_max_retries, timeout=self.args.judge_timeout)
-            except ValueError as err:
-                raise UserError(f"--judge llm: {err}") from None
-        return self._llm
+        try:
+            return LLMJudge(base_url=self.args.judge_base_url, model=self.args.judge_model,
+                            api_key_env=self.args.judge_api_key_env,
+                            cache_path=self.args.judge_cache or Path(self.args.output_dir) / "judge_cache.jsonl",
+                            max_concurrency=self.args.judge_concurrency,
+                            max_retries=self.args.judge_max_retries, timeout=self.args.judge_timeout)
+        except ValueError as err:
+            raise UserError(f"--judge llm: {err}") from None
 
 
 def judged_records(questions: list[dict], responses: dict[str, str], method, verdicts_of) -> list[dict]:
@@ -235,7 +270,9 @@ def summarize_records(records: list[dict], args: argparse.Namespace) -> dict[str
     """Metrics over judged examples (failed judgments excluded and counted), plus the view per difficulty."""
     judged = [r for r in records if r["correct"] is not None]
     if not judged:
-        raise UserError("no example could be judged; see judge_reason in predictions.jsonl")
+        first = f" ({records[0]['judge_reason']})" if records else ""
+        raise UserError(f"no example could be judged{first}; see judge_reason in predictions.jsonl and rerun once the "
+                        "judge works (generations are cached)")
     summary = summarize(judged, missing_confidence=args.missing_confidence, n_bins=args.n_bins,
                         bootstrap=args.bootstrap, seed=args.seed)
     summary["judge_failures"] = len(records) - len(judged)
@@ -294,10 +331,12 @@ def results_table(summaries: dict[Row, dict]) -> tuple[list[str], list[list[str]
               *(f"acc/conf/auroc {lvl}" for lvl in levels)]
     rows = []
     for row, s in summaries.items():
-        by_level = ["/".join(_cell(s["by_difficulty"][lvl][k]) for k in ("accuracy", "mean_confidence", "auroc"))
-                    if lvl in s["by_difficulty"] else "n/a" for lvl in levels]
-        rows.append([row.checkpoint, row.benchmark, row.method, *(_cell(s[c]) for c in TABLE_COLUMNS), s["judge"],
-                     *by_level])
+        by_difficulty = s.get("by_difficulty", {})
+        by_level = ["/".join(_cell(by_difficulty[lvl][k]) for k in ("accuracy", "mean_confidence", "auroc"))
+                    if lvl in by_difficulty else "n/a" for lvl in levels]
+        # .get: an earlier run's row may predate a column
+        rows.append([row.checkpoint, row.benchmark, row.method, *(_cell(s.get(c)) for c in TABLE_COLUMNS),
+                     s["judge"], *by_level])
     return header, rows
 
 
@@ -305,13 +344,39 @@ def write_reports(out_dir: Path, summaries: dict[Row, dict], n_bins: int) -> str
     header, rows = results_table(summaries)
     markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
                          ["| " + " | ".join(r) + " |" for r in rows])
+    bins = " or ".join(str(b) for b in sorted({s.get("n_bins", n_bins) for s in summaries.values()}))
     (out_dir / "results.md").write_text(
-        markdown + f"\n\nECE: {n_bins} equal-width bins, every confidence in exactly one bin (0.0 in the first, 1.0 in the "
-        "last); missing confidences are filled with --missing_confidence and counted in parse_failure_rate.\n")
+        markdown + f"\n\nECE: {bins} equal-width bins, every confidence in exactly one bin (0.0 in the first, 1.0 in "
+        "the last); missing confidences are filled with --missing_confidence and counted in parse_failure_rate.\n")
     with (out_dir / "results.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([header, *rows])
-    write_json(out_dir / "results.json", {row.key: s for row, s in summaries.items()})
+    write_json(out_dir / RESULTS_JSON, {row.key: s for row, s in summaries.items()})
     return markdown
+
+
+def earlier_results(out_dir: Path) -> dict[Row, dict]:
+    """The rows earlier runs evaluated into ``out_dir`` (its results.json), in their order."""
+    file = out_dir / RESULTS_JSON
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        # a key is CHECKPOINT/BENCHMARK/METHOD, where names may hold "/": the name is what precedes the rest
+        return {Row(key.removesuffix(f"/{s['benchmark']}/{s['method']}"), s["checkpoint"], s["benchmark"],
+                    s["method"]): s for key, s in data.items()}
+    except json.JSONDecodeError as err:
+        problem = f"{file}:{err.lineno}: not valid JSON ({err.msg})"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        problem = f"{file}: not the results.json step 4 writes"
+    raise UserError(f"--output_dir {out_dir}: {problem}; move it away, and results.* start afresh with this run")
+
+
+def merge_results(earlier: dict[Row, dict], current: dict[Row, dict]) -> dict[Row, dict]:
+    """Every row evaluated into the folder: earlier rows in their order, this run's replacing the same keys in
+    place and new ones appended."""
+    merged = {row.key: (row, s) for row, s in earlier.items()}
+    merged.update({row.key: (row, s) for row, s in current.items()})
+    return dict(merged.values())
 
 
 # ---------------------------------------------------------------- the run
@@ -364,19 +429,43 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
             get_method(name, k=args.topk)
         except ValueError as err:
             raise UserError(f"--methods: {err}") from None
-    for _, path in checkpoints:
-        require_checkpoint(path, "--checkpoints", "the step that writes it (steps 1 and 3 write actors)")
+    tokenizers = {name: checked_checkpoint(path) for name, path in checkpoints}
     questions = {name: load_benchmark(benchmark_kind(name), path, args.max_examples, args.seed)
                  for name, path in benchmarks}
+    check_judging(args, questions)
     retriever = BM25Retriever(load_passages(args.retrieval_corpus)) if args.retrieval_corpus else None
-    judging = Judging(args)
     out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summaries: dict[Row, dict] = {}
+    check_output_folder(out_dir, "--output_dir")
     started = time.time()
+    with output_lock(out_dir, "--output_dir"):
+        earlier = earlier_results(out_dir)
+        judging = Judging(args)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        summaries = evaluate_checkpoints(checkpoints, tokenizers, benchmarks, questions, judging, args, retriever)
+        kept = [row.key for row in earlier if row.key not in {r.key for r in summaries}]
+        markdown = write_reports(out_dir, merge_results(earlier, summaries), args.n_bins)
+    if kept:
+        print(f"[step 4] results.* also hold {len(kept)} row{'s' if len(kept) > 1 else ''} from earlier runs into "
+              f"{out_dir}: {', '.join(kept)}", flush=True)
+    print(markdown, flush=True)
+    print(json.dumps({"step4": {"seconds": round(time.time() - started, 1), "peak_gpu_memory_gib": peak_gpu_memory_gib()}}),
+          flush=True)
+    failures = sum(s["judge_failures"] for s in summaries.values())
+    if failures:
+        where = f"the LLM judge at {judging.llm.endpoint}: " if judging.llm else ""
+        raise UserError(f"{failures} judgments failed ({where}see judge_reason in predictions.jsonl); the finished "
+                        "ones are cached — rerun the same command to retry only the failed ones")
+    return summaries
+
+
+def evaluate_checkpoints(checkpoints: list[tuple[str, str]], tokenizers: dict[str, Any],
+                         benchmarks: list[tuple[str, str | None]], questions: dict[str, list[dict]], judging: Judging,
+                         args: argparse.Namespace, retriever) -> dict[Row, dict]:
+    """Every row of this run, one checkpoint's weights in memory at a time."""
+    summaries: dict[Row, dict] = {}
     for checkpoint, path in checkpoints:
         start = time.time()
-        tokenizer = load_tokenizer(path, padding_side="left")  # the evaluated checkpoint's own tokenizer
+        tokenizer = tokenizers[checkpoint]  # the evaluated checkpoint's own
         model = create_causal_lm(path, tokenizer, args.dtype).eval()
         if torch.cuda.is_available():
             model = model.cuda()
@@ -385,12 +474,4 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
                 row = Row(checkpoint, path, benchmark, method)
                 summaries[row] = evaluate_row(row, model, tokenizer, questions[benchmark], judging, args, retriever)
         print(f"[step 4] {checkpoint}: {time.time() - start:.1f}s", flush=True)
-    markdown = write_reports(out_dir, summaries, args.n_bins)
-    print(markdown, flush=True)
-    print(json.dumps({"step4": {"seconds": round(time.time() - started, 1), "peak_gpu_memory_gib": peak_gpu_memory_gib()}}),
-          flush=True)
-    failures = sum(s["judge_failures"] for s in summaries.values())
-    if failures:
-        raise UserError(f"{failures} judgments failed (see judge_reason in predictions.jsonl); the finished ones are "
-                        "cached — rerun the same command to retry only the failed ones")
     return summaries

@@ -8,6 +8,9 @@ Conventions
   ("1", "1.", "Rating: 0" parse; "0.5", "10", "maybe" do not); anything else is a malformed reply.
 * Requests use temperature 0 and a few output tokens. The openai client's own retries are disabled
   (``max_retries=0``): every retry is made, counted and logged here.
+* Logging: an unreachable endpoint (connection errors, timeouts) is named once, at its first failure, and
+  then only counted; :meth:`LLMJudge.judge_many` ends with one line on what failed. Other retried
+  problems are logged at each retry.
 * Retry policy: up to ``max_retries`` retries (``1 + max_retries`` requests) on HTTP 408/409/429/5xx,
   timeouts, connection errors, bodies that are not a chat completion, and malformed replies. The wait
   before retry *i* (1-based) is ``backoff * 2**(i-1)`` times a jitter factor in [0.5, 1.5), capped at
@@ -124,6 +127,14 @@ def cache_key(model: str, messages: list[dict[str, str]]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def api_key(api_key_env: str) -> str:
+    """The judge's API key from the environment variable ``api_key_env``; ``ValueError`` naming it when unset."""
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise ValueError(f"environment variable {api_key_env} is not set (it must hold the judge's API key)")
+    return key
+
+
 def failed_count(verdicts: Iterable[Verdict]) -> int:
     """How many verdicts failed (``status == "failed"``); the caller should rerun to resume."""
     return sum(v.status == "failed" for v in verdicts)
@@ -187,6 +198,7 @@ class _Attempt:
     problem: str | None = None
     retryable: bool = True
     retry_after: float | None = None
+    unreachable: bool = False  # no HTTP reply at all: the endpoint is down, unreachable or hung
 
 
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -229,9 +241,7 @@ class LLMJudge:
                  timeout: float = 30.0, backoff: float = 1.0, max_tokens: int = 5):
         if max_concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0:
             raise ValueError("need max_concurrency >= 1, max_retries >= 0, timeout > 0 and backoff >= 0")
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise ValueError(f"LLM judge: environment variable {api_key_env} is not set (it must hold the API key)")
+        key = api_key(api_key_env)
         self.model = model
         self.base_url = base_url
         self.api_key_env = api_key_env
@@ -241,10 +251,10 @@ class LLMJudge:
         self.backoff = backoff
         self.max_tokens = max_tokens
         self.cache = JudgeCache(cache_path)
-        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
+        self._client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout)
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._stats_lock = threading.Lock()
-        self.stats = {"requests": 0, "retries": 0, "cache_hits": 0, "failed": 0}
+        self.stats = {"requests": 0, "retries": 0, "cache_hits": 0, "failed": 0, "unreachable": 0}
 
     def __repr__(self) -> str:
         return (f"LLMJudge(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, "
@@ -263,13 +273,21 @@ class LLMJudge:
     def name(self) -> str:
         return f"llm:{self.model}"
 
+    @property
+    def endpoint(self) -> str:
+        """The server's URL as given (the client's default when none was)."""
+        return self.base_url or str(self._client.base_url)
+
     # --- public API ---------------------------------------------------------------------------
 
     def judge(self, question: str, prediction: str, correct_answers: Sequence[str],
               incorrect_answers: Sequence[str] | None = None, task: str = "truthfulqa") -> Verdict:
         """Judge one prediction (cached). A failed judgment has status "failed" and correct None."""
         messages = build_messages(question, prediction, correct_answers, incorrect_answers, task)
-        return self._judge_messages(messages, task)
+        verdict = self._judge_messages(messages, task)
+        if verdict.status == "failed":
+            logger.warning("LLM judge at %s: %s", self.endpoint, verdict.reason)
+        return verdict
 
     def judge_many(self, items: Sequence[Mapping[str, Any]]) -> list[Verdict]:
         """Judge many items (dicts of :meth:`judge`'s arguments) concurrently; verdicts in input order.
@@ -282,16 +300,27 @@ class LLMJudge:
             unique.setdefault(cache_key(self.model, messages), (messages, task))
         if not unique:
             return []
+        unreachable_before = self.stats["unreachable"]
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(unique))) as pool:
             futures = {key: pool.submit(self._judge_messages, messages, task) for key, (messages, task) in unique.items()}
             by_key = {key: future.result() for key, future in futures.items()}
+        self._log_failures(list(by_key.values()), self.stats["unreachable"] - unreachable_before)
         return [by_key[cache_key(self.model, messages)] for messages, _ in prepared]
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _count(self, stat: str) -> None:
+    def _count(self, stat: str) -> int:
         with self._stats_lock:
             self.stats[stat] += 1
+            return self.stats[stat]
+
+    def _log_failures(self, verdicts: list[Verdict], unreachable: int) -> None:
+        """One line for a batch, however many judgments failed."""
+        failed = [v for v in verdicts if v.status == "failed"]
+        if failed:
+            detail = f"{unreachable} request(s) could not reach it" if unreachable else f"first: {failed[0].reason}"
+            logger.warning("LLM judge at %s: %d of %d judgment(s) failed; %s", self.endpoint, len(failed),
+                           len(verdicts), detail)
 
     def _redact(self, text: str) -> str:
         key = self._client.api_key
@@ -317,15 +346,19 @@ class LLMJudge:
                 return Verdict(correct=bool(outcome.rating), score=float(outcome.rating), judge=self.name,
                                reason=f"judge replied {outcome.reply!r}")
             problems.append(self._redact(outcome.problem or "unknown problem"))
+            if outcome.unreachable and self._count("unreachable") == 1:
+                logger.warning("LLM judge: %s; further failures to reach it are counted, not logged one by one",
+                               problems[-1])
             if not outcome.retryable or attempt == self.max_retries:
                 break
             delay = self._delay(attempt, outcome.retry_after)
-            logger.warning("LLM judge: attempt %d/%d failed (%s); retrying in %.2fs",
-                           attempt + 1, self.max_retries + 1, problems[-1], delay)
+            # an outage would repeat this for every retry of every example
+            logger.log(logging.DEBUG if outcome.unreachable else logging.WARNING,
+                       "LLM judge: attempt %d/%d failed (%s); retrying in %.2fs",
+                       attempt + 1, self.max_retries + 1, problems[-1], delay)
             time.sleep(delay)
         self._count("failed")
-        reason = f"failed after {len(problems)} request(s): {'; '.join(problems[-3:])}"
-        logger.warning("LLM judge: %s", reason)
+        reason = f"failed after {len(problems)} request(s): {'; '.join(dict.fromkeys(problems[-3:]))}"
         return Verdict.failed(reason=reason, judge=self.name)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -340,9 +373,10 @@ class LLMJudge:
                 completion = self._client.chat.completions.create(
                     model=self.model, messages=messages, temperature=0, max_tokens=self.max_tokens)
             except openai.APITimeoutError:
-                return _Attempt(problem=f"timeout after {self.timeout}s")
+                return _Attempt(problem=f"no reply from {self.endpoint} within {self.timeout}s", unreachable=True)
             except openai.APIConnectionError as exc:
-                return _Attempt(problem=f"connection error ({type(exc.__cause__ or exc).__name__})")
+                return _Attempt(problem=f"cannot connect to {self.endpoint} ({type(exc.__cause__ or exc).__name__})",
+                                unreachable=True)
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 retryable = status in RETRYABLE_STATUS or status >= 500

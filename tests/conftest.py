@@ -10,6 +10,20 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SMALL_WORLD = dict(n_countries=30, sft_examples=300, reward_pairs=100)
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _launcher_variables_stay_in_their_test():
+    """An in-process step run sets the launcher's variables (utils.dist.init_distributed) and keeps its port
+    open; a subprocess that a later test starts must not inherit them, or it would try to bind that port."""
+    before = {key: os.environ.get(key) for key in LAUNCHER_VARIABLES}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ def test_defaults_parse():
     assert args.align_reward_reduction == "mean"
     assert args.data_split == [2.0, 4.0, 4.0]
     assert args.missing_confidence == 0.0
+    assert args.save_total_limit == 2
 
 
 def test_valid_values_parse():
@@ -58,6 +59,8 @@ def test_missing_required_flag_exits_2(capsys):
     (["--save_interval", "-1"], "--save_interval"),
     (["--freezing_actor_steps", "-2"], "--freezing_actor_steps"),
     (["--num_warmup_steps", "-1"], "--num_warmup_steps"),
+    (["--save_total_limit", "0"], "--save_total_limit"),
+    (["--save_total_limit", "-1"], "--save_total_limit"),
 ])
 def test_negative_step_counts_exit_2_naming_the_flag(capsys, extra, flag):
     with pytest.raises(SystemExit) as info:

@@ -116,6 +116,8 @@ def test_frozen_engine_holds_weights_only(llama7b: Path, capsys):
 def test_step3_main_dry_run_starts_no_process_group(tiny: Path, tmp_path: Path, capsys):
     from step3_RL_finetune_LLM.main import main
 
+    if torch.distributed.is_initialized():  # left by an earlier in-process step run in this pytest process
+        torch.distributed.destroy_process_group()
     code = main(["--data_path", "none", "--actor_model_name_or_path", str(tiny), "--critic_model_name_or_path",
                  str(tiny), "--output_dir", str(tmp_path / "out"), "--actor_zero_stage", "3", "--dry_run"])
     assert code == 0

@@ -3,6 +3,7 @@ judges, and the LLM judge against the loopback server — including an outage an
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,10 @@ def test_llm_judge_outage_exits_and_resumes_from_the_cache(tmp_path, tiny_checkp
                      "--judge_api_key_env", KEY_ENV, "--judge_max_retries", "1", "--judge_timeout", "2")
         broken = load_benchmark("nq_open", str(NQ), 6, args.seed)[2]["question"]
         server.always[broken] = ("content", "maybe")  # a malformed reply, every time
-        with pytest.raises(UserError, match="1 judgments failed.*rerun"):
+        with pytest.raises(UserError) as info:
             run(args)
+        assert str(info.value).startswith(f"1 judgments failed (the LLM judge at {server.base_url}: see judge_reason "
+                                          "in predictions.jsonl); the finished ones are cached — rerun")
         records = [json.loads(line) for line in (tmp_path / "tiny/nq_open/vanilla/predictions.jsonl").read_text().splitlines()]
         failed = [r for r in records if r["judge_status"] == "failed"]
         assert [r["question"] for r in failed] == [broken] and failed[0]["correct"] is None
@@ -110,3 +113,168 @@ def test_cached_generations_are_reused_only_for_the_same_checkpoint_and_prompt(t
     assert lines() == 12  # the earlier model's answers are not reused
     run(_args(tmp_path / "out", checkpoint, *toy, "--max_new_tokens", "5"))
     assert lines() == 18  # nor answers generated under other generation flags
+
+
+# --- bad input stops at start, before any weights load or output ---------------------------------------------
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    import step4_evaluation.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "create_causal_lm", lambda *a, **k: pytest.fail("a model was loaded"))
+
+
+def _main(out: Path, checkpoints: list[str], *extra: str, benchmark: Path) -> int:
+    from step4_evaluation.main import main
+
+    return main(["--checkpoints", *checkpoints, "--output_dir", str(out), "--benchmarks", f"toy={benchmark}",
+                 "--max_examples", "6", "--max_new_tokens", "6", "--bootstrap", "0", *extra])
+
+
+def _broken(kind: str, folder: Path, tiny: Path, tokenizer) -> str:
+    """A checkpoint folder that is not what step 4 evaluates; returns the expected message's tail."""
+    from test_model_checks import _reward_model
+
+    if kind == "reward_model":
+        save_hf_checkpoint(_reward_model(tokenizer), tokenizer, folder)
+        return ("is a reward model (LlamaForSequenceClassification), but this flag takes a causal LM: pass a folder "
+                "written by step 1 or step 3 (they write actors)")
+    if kind == "small_vocabulary":
+        save_hf_checkpoint(create_tiny_llama(tokenizer, hidden_size=32, num_layers=1), tokenizer, folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "vocab_size": len(tokenizer) - 8}))
+        return (f"its vocabulary ({len(tokenizer) - 8}) is smaller than the tokenizer's ({len(tokenizer)}, from "
+                f"{folder}); use a model trained with that tokenizer")
+    shutil.copytree(tiny, folder)
+    if kind == "no_weights":
+        (folder / "model.safetensors").unlink()
+        return ("no weights there (model.safetensors, pytorch_model.bin or a sharded *.index.json); rerun step 1 or "
+                "step 3 (they write actors), or copy the whole model folder")
+    if kind == "no_tokenizer":
+        (folder / "tokenizer.json").unlink()
+        return "cannot load its tokenizer (ValueError: "
+    (folder / "config.json").write_text("{")
+    return f"{folder / 'config.json'}:1: not valid JSON"
+
+
+@pytest.mark.parametrize("kind", ["reward_model", "no_weights", "no_tokenizer", "bad_config", "small_vocabulary"])
+def test_a_checkpoint_that_is_not_an_actor_stops_the_run_at_start(tmp_path, tiny_checkpoint, toy_world_dir,
+                                                                   toy_tokenizer, no_model_load, capsys, kind):
+    bad = tmp_path / kind
+    tail = _broken(kind, bad, tiny_checkpoint, toy_tokenizer)
+    capsys.readouterr()  # the save's progress bar
+    out = tmp_path / "out"
+    code = _main(out, [f"good={tiny_checkpoint}", f"bad={bad}"], benchmark=toy_world_dir / "eval/test.jsonl")
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: --checkpoints {bad}: {tail}") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_llm_judge_without_its_key_stops_at_start(tmp_path, tiny_checkpoint, toy_world_dir, no_model_load, capsys,
+                                                  monkeypatch):
+    monkeypatch.delenv("NO_SUCH_JUDGE_KEY", raising=False)
+    out = tmp_path / "out"
+    code = _main(out, [f"tiny={tiny_checkpoint}"], "--judge", "llm", "--judge_base_url", "http://127.0.0.1:9/v1",
+                 "--judge_api_key_env", "NO_SUCH_JUDGE_KEY", benchmark=toy_world_dir / "eval/test.jsonl")
+    assert code == 2 and not out.exists()
+    assert capsys.readouterr().err == ("error: --judge llm: environment variable NO_SUCH_JUDGE_KEY is not set (it "
+                                       "must hold the judge's API key); export it, or name another with "
+                                       "--judge_api_key_env\n")
+
+
+def test_llm_judge_url_that_is_not_http_stops_at_start(tmp_path, tiny_checkpoint, toy_world_dir, no_model_load, capsys,
+                                                      monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    out = tmp_path / "out"
+    code = _main(out, [f"tiny={tiny_checkpoint}"], "--judge", "llm", "--judge_base_url", "localhost:8000/v1",
+                 "--judge_api_key_env", KEY_ENV, benchmark=toy_world_dir / "eval/test.jsonl")
+    assert code == 2 and not out.exists()
+    assert capsys.readouterr().err == ("error: --judge_base_url localhost:8000/v1: not an http(s) URL; give the judge "
+                                       "server's OpenAI-compatible endpoint, e.g. http://localhost:8000/v1\n")
+
+
+def test_truthfulqa_reference_judge_needs_incorrect_answers_at_start(tmp_path, tiny_checkpoint, toy_world_dir,
+                                                                     no_model_load, capsys):
+    out = tmp_path / "out"
+    code = _main(out, [f"tiny={tiny_checkpoint}"], "--judge", "truthfulqa_reference",
+                 benchmark=toy_world_dir / "eval/test.jsonl")
+    assert code == 2 and not out.exists()
+    assert capsys.readouterr().err == ("error: --judge truthfulqa_reference needs incorrect reference answers, which "
+                                       "--benchmarks toy does not have; use exact_match, token_f1 or llm\n")
+
+
+def test_n_bins_zero_is_refused_at_parse_time(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--checkpoints", "x", "--n_bins", "0"])
+    assert info.value.code == 2 and "--n_bins" in capsys.readouterr().err
+
+
+def test_a_second_run_into_the_same_output_dir_stops(tmp_path, tiny_checkpoint, toy_world_dir, no_model_load, capsys):
+    from utils.files import output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out, "--output_dir"):  # the first run, still going
+        code = _main(out, [f"tiny={tiny_checkpoint}"], benchmark=toy_world_dir / "eval/test.jsonl")
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: --output_dir {out}: another run is writing there (pid ")
+    assert not out.exists()
+
+
+def test_an_output_dir_that_is_a_file_stops_at_start(tmp_path, tiny_checkpoint, toy_world_dir, no_model_load, capsys):
+    out = tmp_path / "out"
+    out.write_text("a file")
+    code = _main(out, [f"tiny={tiny_checkpoint}"], benchmark=toy_world_dir / "eval/test.jsonl")
+    assert code == 2 and capsys.readouterr().err == (f"error: --output_dir {out}: a file is there, not a folder; move "
+                                                     "it away or choose another --output_dir\n")
+
+
+def _results(out: Path) -> tuple[list[str], list[str]]:
+    keys = list(json.loads((out / "results.json").read_text()))
+    return keys, (out / "results.csv").read_text().splitlines()
+
+
+def test_results_cover_the_rows_of_earlier_runs(tmp_path, tiny_checkpoint, toy_world_dir, toy_tokenizer, capsys):
+    other = tmp_path / "other"
+    save_hf_checkpoint(create_tiny_llama(toy_tokenizer, hidden_size=32, num_layers=1, seed=1), toy_tokenizer, other)
+    out, toy = tmp_path / "out", toy_world_dir / "eval/test.jsonl"
+    assert _main(out, [f"a={tiny_checkpoint}"], benchmark=toy) == 0
+    capsys.readouterr()
+    assert _main(out, [f"b={other}"], benchmark=toy) == 0
+    printed = capsys.readouterr().out
+    assert "[step 4] results.* also hold 1 row from earlier runs into " f"{out}: a/toy/zero_shot" in printed
+    keys, csv_lines = _results(out)
+    assert keys == ["a/toy/zero_shot", "b/toy/zero_shot"]
+    assert [line.split(",")[0] for line in csv_lines[1:]] == ["a", "b"]
+    assert "| a | toy | zero_shot |" in (out / "results.md").read_text()
+    # a rerun of a replaces its row in place
+    assert _main(out, [f"a={other}"], benchmark=toy) == 0
+    keys, _ = _results(out)
+    summaries = json.loads((out / "results.json").read_text())
+    assert keys == ["a/toy/zero_shot", "b/toy/zero_shot"] and summaries["a/toy/zero_shot"]["checkpoint"] == str(other)
+
+
+def test_unreadable_earlier_results_stop_at_start(tmp_path, tiny_checkpoint, toy_world_dir, no_model_load, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"a/toy/zero_shot": ')
+    code = _main(out, [f"tiny={tiny_checkpoint}"], benchmark=toy_world_dir / "eval/test.jsonl")
+    assert code == 2
+    assert capsys.readouterr().err.startswith(f"error: --output_dir {out}: {out / 'results.json'}:1: not valid JSON")
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+
+
+def test_llm_judge_outage_names_the_endpoint(tmp_path, tiny_checkpoint, toy_world_dir, monkeypatch):
+    """Nothing judged: the row stops the run with the judge's reason, which names the endpoint."""
+    from test_llm_judge import unreachable_url
+
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    url = unreachable_url()
+    args = _args(tmp_path, tiny_checkpoint, "--benchmarks", f"toy={toy_world_dir / 'eval/test.jsonl'}",
+                 "--judge", "llm", "--judge_base_url", url, "--judge_api_key_env", KEY_ENV,
+                 "--judge_max_retries", "0")
+    with pytest.raises(UserError) as info:
+        run(args)
+    assert str(info.value) == (f"no example could be judged (failed after 1 request(s): cannot connect to {url} "
+                               "(ConnectError)); see judge_reason in predictions.jsonl and rerun once the judge works "
+                               "(generations are cached)")

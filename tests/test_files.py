@@ -62,3 +62,119 @@ def test_hf_checkpoints_are_readable_by_others(tmp_path, umask_022, toy_tokenize
     out = save_hf_checkpoint(model, toy_tokenizer, tmp_path / "step1", {"flag": 1})
     assert _mode(out) == 0o755
     assert {p.name: _mode(p) for p in out.iterdir()} == {p.name: 0o644 for p in out.iterdir()}
+
+
+def test_output_lock_refuses_a_second_writer_and_frees_the_folder_after(tmp_path, monkeypatch):
+    from utils.files import OutputInUseError, output_lock
+
+    monkeypatch.delenv("RANK", raising=False)
+    out = tmp_path / "step1"
+    with output_lock(out):
+        with pytest.raises(OutputInUseError, match=r"--output_dir .*step1: another run is writing there \(pid \d+"):
+            with output_lock(out):
+                pass
+    with output_lock(out):  # released when the block ends
+        pass
+
+
+def test_output_lock_is_held_in_another_process(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("RANK", raising=False)
+    out = tmp_path / "results"
+    code = (f"import sys, time; from utils.files import output_lock\n"
+            f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        from utils.files import OutputInUseError, output_lock
+        with pytest.raises(OutputInUseError, match=f"pid {holder.pid}"):
+            with output_lock(out, flag="--output_dir"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_lock(out):  # a killed holder leaves no stale lock
+        pass
+
+
+def test_output_lock_is_taken_by_rank_zero_only(tmp_path, monkeypatch):
+    from utils.files import output_lock
+
+    out = tmp_path / "step3"
+    monkeypatch.setenv("RANK", "0")
+    with output_lock(out):
+        monkeypatch.setenv("RANK", "1")
+        with output_lock(out):  # the same run's other rank
+            pass
+
+
+# --- issue 10: leftovers of a killed save, output folders that cannot be one ----------------------------------
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def test_staged_folder_removes_what_a_killed_save_left_and_keeps_live_saves(tmp_path, capsys):
+    dead = _dead_pid()
+    stale = tmp_path / f".model.tmp-{dead}-0badf00d"
+    live = tmp_path / f".model.tmp-{os.getppid()}-0000beef"  # another save in progress (our parent is alive)
+    other = tmp_path / f".model2.tmp-{dead}-0badf00d"  # another target's
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "half.safetensors").write_bytes(b"half")
+    with staged_folder(tmp_path / "model") as tmp:
+        (tmp / "a").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", live.name, other.name])
+    assert capsys.readouterr().out == f"removed {stale}: a temporary folder left by a killed save (pid {dead})\n"
+
+
+def test_honour_umask_keeps_executables_executable(tmp_path):
+    from utils.files import honour_umask
+
+    script = tmp_path / "zero_to_fp32.py"
+    script.write_text("#!/usr/bin/env python\n")
+    script.chmod(0o744)  # as DeepSpeed copies it next to its checkpoints
+    previous = os.umask(0o002)
+    try:
+        honour_umask(tmp_path)
+    finally:
+        os.umask(previous)
+    assert _mode(script) == 0o775
+
+
+def test_check_output_folder_refuses_what_cannot_be_a_folder(tmp_path):
+    from utils.errors import UserError
+    from utils.files import check_output_folder
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(UserError, match=rf"^--output_dir {notes}: a file is there, not a folder; move it away or "
+                                        r"choose another --output_dir$"):
+        check_output_folder(notes)
+    with pytest.raises(UserError, match=rf"^--save_dir {notes}/a/b: {notes} is a file, so the folder cannot be "
+                                        r"created; choose another --save_dir$"):
+        check_output_folder(notes / "a" / "b", "--save_dir")
+    check_output_folder(tmp_path / "new" / "deeper")  # to be created: fine
+    check_output_folder(tmp_path)  # an existing folder: fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # a check writes nothing
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes everywhere")
+def test_check_output_folder_refuses_an_unwritable_parent(tmp_path):
+    from utils.errors import UserError
+    from utils.files import check_output_folder
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    try:
+        with pytest.raises(UserError, match=rf"--output_dir {locked}/out: {locked} is not writable by this user"):
+            check_output_folder(locked / "out")
+    finally:
+        locked.chmod(0o755)

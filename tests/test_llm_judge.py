@@ -304,3 +304,26 @@ def test_cache_survives_a_cut_short_line(server, make_judge, tmp_path):
     judge.judge("q-b", "bad", ["yes"], ["no"])
     assert server.count() == 2
     assert make_judge().judge("q-b", "bad", ["yes"], ["no"]).correct is False and server.count() == 2
+
+
+def unreachable_url() -> str:
+    """A loopback URL where nothing listens (the port was free a moment ago): every request is refused."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_an_unreachable_endpoint_is_named_once_then_counted(make_judge, caplog):
+    url = unreachable_url()
+    caplog.set_level(logging.WARNING, logger="step4_evaluation.llm_judge")
+    verdicts = make_judge(base_url=url).judge_many([item(f"down{i}", "GOOD") for i in range(5)])
+    assert failed_count(verdicts) == 5
+    assert [r.getMessage() for r in caplog.records] == [
+        f"LLM judge: cannot connect to {url} (ConnectError); further failures to reach it are counted, not logged "
+        "one by one",
+        f"LLM judge at {url}: 5 of 5 judgment(s) failed; {5 * (1 + MAX_RETRIES)} request(s) could not reach it"]
+    assert all(v.reason == f"failed after {1 + MAX_RETRIES} request(s): cannot connect to {url} (ConnectError)"
+               for v in verdicts)

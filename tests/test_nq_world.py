@@ -85,6 +85,15 @@ def test_malformed_nq_row_names_file_and_line(tmp_path: Path):
         read_nq_open(bad)
 
 
+@pytest.mark.parametrize("answer, message", [("Paris", "not the bare string"), ([1], "holds an int"),
+                                             (["  "], "empty answer list")])
+def test_nq_answer_must_be_a_list_of_strings(tmp_path: Path, answer, message):
+    bad = tmp_path / "nq.jsonl"
+    bad.write_text(json.dumps({"question": "q", "answer": answer}) + "\n")
+    with pytest.raises(DataError, match=f"nq.jsonl:1: key 'answer' .*{message}"):
+        read_nq_open(bad)
+
+
 def test_wh_word():
     assert wh_word("when did it happen") == "when"
     assert wh_word("how many moons has mars") == "how many"

@@ -54,7 +54,8 @@ def _log(path: Path) -> list[dict]:
 def _assert_hf_folder(path: Path) -> None:
     for name in ("config.json", "model.safetensors", "tokenizer.json", "training_args.json"):
         assert (path / name).is_file(), f"{path / name} missing"
-    assert not any(p.name.startswith(f".{path.name}.") for p in path.parent.iterdir()), "temporary folder left behind"
+    leftovers = (f".{path.name}.tmp-", f".{path.name}.old-")
+    assert not any(p.name.startswith(leftovers) for p in path.parent.iterdir()), "temporary folder left behind"
 
 
 def test_one_process_pipeline_with_resume(micro_world: Path):
@@ -81,7 +82,7 @@ def test_one_process_pipeline_with_resume(micro_world: Path):
     assert "actor_loss" in log[-1] and log[0]["actor_loss"] == 0.0  # actor frozen during step 1
 
     resumed = _step(3, env, *ppo, "--max_steps", "4", "--resume")
-    assert [r["step"] for r in _log(out / "step3/train_log.jsonl")] == [1, 2, 3, 3, 4]  # restarts after step 2
+    assert [r["step"] for r in _log(out / "step3/train_log.jsonl")] == [1, 2, 3, 4]  # step 3 redone once
     assert '"steps": 4' in resumed.stdout
 
     result = _run(["bash", "step4_evaluation/run_step4.sh", "--bootstrap", "20", "--methods", "zero_shot", "vanilla"],
@@ -112,7 +113,8 @@ def test_two_process_pipeline_gathers_alignment_reward(micro_world: Path):
     out = micro_world / "out2"
     _step(1, env, "--max_steps", "4", "--per_device_train_batch_size", "8")
     _step(2, env, "--max_steps", "3", "--per_device_train_batch_size", "8")
-    _step(3, env, "--max_steps", "2", "--per_device_generation_batch_size", "6", "--per_device_training_batch_size", "6",
+    _step(3, env, "--max_steps", "2", "--freezing_actor_steps", "0", "--per_device_generation_batch_size", "6",
+          "--per_device_training_batch_size", "6",
           "--log_interval", "1", "--alignment_on_confidence_tokens", "--confidence_scoring_rule", "brier")
     log = _log(out / "step3/train_log.jsonl")
     assert [r["align_scope_size"] for r in log] == [12, 12]  # 2 ranks x 6 rollouts ordered together

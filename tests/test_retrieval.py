@@ -21,6 +21,8 @@ def test_load_passages_names_file_line_and_key(tmp_path):
         load_passages(_write(tmp_path / "bad.jsonl", [good, {"id": "b"}]))
     with pytest.raises(DataError, match=r"json.jsonl:1: not valid JSON"):
         load_passages(_write(tmp_path / "json.jsonl", ["{nope"]))
+    with pytest.raises(DataError, match=r"int.jsonl:1: key 'text' must be a string, got int"):
+        load_passages(_write(tmp_path / "int.jsonl", [{"id": "c", "text": 7}]))
     with pytest.raises(DataError, match="no passages"):
         load_passages(_write(tmp_path / "empty.jsonl", []))
     with pytest.raises(DataError, match="no such file"):

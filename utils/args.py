@@ -200,7 +200,12 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--gamma", type=_unit_float, default=1.0)
     t.add_argument("--lam", type=_unit_float, default=0.95)
     t.add_argument("--save_interval", type=non_negative_int, default=0, help="Save a resumable checkpoint every N steps (0: never).")
-    t.add_argument("--resume", action="store_true", help="Continue from the last resumable checkpoint in --output_dir.")
+    t.add_argument("--save_total_limit", type=_positive(int), default=2,
+                   help="Keep the last N resumable checkpoints in --output_dir/resume (the HF Trainer's flag); "
+                        "older ones are deleted once a newer one is complete.")
+    t.add_argument("--resume", action="store_true",
+                   help="Continue from the last resumable checkpoint in --output_dir; refused when it was saved with "
+                        "other flags or inputs. Without it a run starts afresh and removes an older run's checkpoints.")
 
     g = parser.add_argument_group("generation")
     g.add_argument("--max_prompt_seq_len", type=_positive(int), default=256)

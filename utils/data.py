@@ -4,8 +4,10 @@ tokenisation and collation.
 ``--data_path`` entries are local folders (``train`` and optionally ``test`` files; DeepSpeed-Chat's
 ``eval`` file counts as ``test``), local files (all rows are ``train``) or hub names (``owner/name``, a
 longer name is a ``data_dir`` subset such as ``Anthropic/hh-rlhf/helpful-base``). Local files may be
-jsonl, json, csv or parquet, jsonl and json also gzipped. Rows are checked where they are read (a bad
-row stops with a :class:`DataError` naming the file and line), then converted from their source format
+jsonl, json, csv or parquet, jsonl and json also gzipped. They are read here, not by ``datasets``, so that
+every row is checked where it is read: an empty file, a byte that is not UTF-8, a malformed line or a
+value of the wrong type (:data:`COLUMN_TYPES`) stops with a :class:`DataError` naming the file and line
+(or row), before any model loads. Rows are then converted from their source format
 (:mod:`utils.data_formats`: canonical, rm-static, hh-rlhf) into the step's canonical columns, so one run
 can blend entries of different formats.
 
@@ -15,113 +17,268 @@ evaluation ``question`` + ``answers``. Tokenised results are cached by :mod:`uti
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from utils.data_formats import CANONICAL, detect_format, source_columns, split_hub_name, to_canonical
+from utils.data_formats import (CANONICAL, detect_format, given_source_columns, source_columns, split_hub_name,
+                                to_canonical)
 from utils.errors import UserError
 
-LOCAL_FORMATS = {".jsonl": "json", ".jsonl.gz": "json", ".json": "json", ".json.gz": "json", ".csv": "csv",
-                 ".parquet": "parquet"}
+LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".parquet")
 SPLIT_FILES = {"test": ("test", "eval")}  # file stems of a split in a folder; DeepSpeed-Chat writes eval.json
 IGNORE_INDEX = -100
+
+TEXT, ANSWER_LIST = "text", "answer list"
+# What each known column holds, for steps 1-3 and step 4's benchmarks alike. A bare string where a list
+# of answers belongs would be matched letter by letter, so it is refused rather than wrapped.
+COLUMN_TYPES: dict[str, str] = {"prompt": TEXT, "response": TEXT, "chosen": TEXT, "rejected": TEXT,
+                                "question": TEXT, "answers": ANSWER_LIST, "answer": ANSWER_LIST,
+                                "text": TEXT}  # retrieval passages
+EMPTY_HINT = "add rows to it or remove it"
+# Files whose rows all have the same columns: a missing column is the file's fault, said once.
+_COLUMN_HINTS = {".csv": "the first line must be the header naming the columns",
+                 ".parquet": "re-create it with the needed columns"}
 
 
 class DataError(UserError):
     pass
 
 
+def empty_error(file: Path | str, hint: str) -> DataError:
+    return DataError(f"{file}: empty (no rows); {hint}")
+
+
 def local_suffix(file: Path) -> str | None:
-    """The :data:`LOCAL_FORMATS` suffix ``file`` ends with (``.jsonl.gz`` counts whole), else ``None``."""
-    return next((suffix for suffix in LOCAL_FORMATS if file.name.endswith(suffix)), None)
+    """The :data:`LOCAL_SUFFIXES` entry ``file`` ends with (``.jsonl.gz`` counts whole), else ``None``."""
+    return next((suffix for suffix in LOCAL_SUFFIXES if file.name.endswith(suffix)), None)
 
 
 def _split_file(folder: Path, split: str) -> Path | None:
-    for stem in SPLIT_FILES.get(split, (split,)):
-        for suffix in LOCAL_FORMATS:
-            candidate = folder / f"{stem}{suffix}"
-            if candidate.is_file():
-                return candidate
-    return None
+    """The folder's one file of ``split``; two (``train.jsonl`` and ``train.csv``) would leave the choice to
+    the order of :data:`LOCAL_SUFFIXES`, so they are refused."""
+    found = [folder / f"{stem}{suffix}" for stem in SPLIT_FILES.get(split, (split,)) for suffix in LOCAL_SUFFIXES
+             if (folder / f"{stem}{suffix}").is_file()]
+    if len(found) > 1:
+        raise DataError(f"--data_path {folder}: {found[0].name} and {found[1].name} both hold the {split} split; "
+                        "keep one")
+    return found[0] if found else None
 
 
-def _open_text(file: Path) -> IO[str]:
+def _no_train_split(path: str) -> DataError:
+    folder = Path(path)
+    if not folder.is_dir():
+        return DataError(f"--data_path {path}: no train split")
+    names = sorted(p.name for p in folder.iterdir())
+    held = ", ".join(names[:10]) + (", …" if len(names) > 10 else "") if names else "nothing"
+    expected = ", ".join(f"train{suffix}" for suffix in LOCAL_SUFFIXES)
+    return DataError(f"--data_path {path}: no train file (expected {expected}; the folder holds: {held})")
+
+
+def _first_duplicate(names: Sequence[str]) -> str | None:
+    return next((name for i, name in enumerate(names) if name in names[:i]), None)
+
+
+def text_lines(file: Path | str) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line of a UTF-8 text file (gunzipped when it ends in ``.gz``). A byte
+    that is not UTF-8 stops with a :class:`DataError` naming the file and line, an unreadable file (a
+    truncated or fake ``.gz``) with one naming the file."""
+    file = Path(file)
     opener = gzip.open if file.name.endswith(".gz") else open
-    return opener(file, "rt", encoding="utf-8-sig")
+    try:
+        with opener(file, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:  # line by line, to name the line: no UTF-8 character holds a newline byte
+                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{file}:{number}: not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} "
+                                    "of the line); re-save the file as UTF-8") from None
+                yield number, text
+    except (OSError, EOFError) as err:
+        raise DataError(f"{file}: cannot be read ({err}); re-create or replace it") from None
 
 
 def json_lines(file: Path | str) -> Iterator[tuple[str, dict]]:
     """``("file:line", row)`` for each non-blank line of a JSONL file (gzipped when it ends in ``.gz``); a
-    line that is not a JSON object stops with a :class:`DataError` naming the file and line (``datasets``
-    would fail deep inside)."""
+    line that is not a JSON object stops with a :class:`DataError` naming the file and line."""
     file = Path(file)
+    for number, line in text_lines(file):
+        if not line.strip():
+            continue
+        where = f"{file}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err.msg}); fix or remove the line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield where, row
+
+
+def _json_rows(file: Path) -> Iterator[tuple[str, dict]]:
+    """Rows of a ``.json`` file: one JSON array of objects (DeepSpeed-Chat's ``train.json``), else JSON lines."""
+    text = "".join(line for _, line in text_lines(file))
+    if not text.lstrip().startswith("["):
+        yield from json_lines(file)
+        return
     try:
-        with _open_text(file) as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{file}:{number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{where}: not valid JSON ({err.msg}); fix or remove the line") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                yield where, row
-    except (OSError, EOFError, UnicodeDecodeError) as err:  # a truncated .gz, a binary file, …
-        raise DataError(f"{file}: cannot be read as UTF-8 JSON lines ({err}); re-create or replace it") from None
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{file}:{err.lineno}: not valid JSON ({err.msg}); fix it") from None
+    for number, item in enumerate(items, start=1):
+        where = f"{file} row {number}"
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
+        yield where, item
 
 
-def _check_json_lines(file: Path, required: Sequence[str]) -> str:
-    """Check every row for what its format needs; the format, which the first row decides (one file,
-    one format)."""
-    fmt, needed = CANONICAL, tuple(required)
-    for index, (where, row) in enumerate(json_lines(file)):
-        if index == 0:
-            fmt = detect_format(row)
-            needed = source_columns(fmt, required)
-        check_row(row, needed, where)
-    return fmt
+def csv_rows(file: Path, where: Callable[[int], str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """``(where(line), {column: cell})`` for each record of a CSV file after its header line, every cell
+    kept as text; ``where`` names a record by the line it starts on (a quoted cell may span lines).
+    Records of blank cells are skipped. A header naming a column twice, or a record whose cell count
+    differs from the header's (an unquoted comma would cut its text short), stops with a :class:`DataError`."""
+    reader = csv.reader(line for _, line in text_lines(file))
+    header: list[str] | None = None
+    while True:
+        line = reader.line_num + 1
+        try:
+            cells = next(reader, None)
+        except csv.Error as err:
+            raise DataError(f"{where(line)}: not valid CSV ({err}); fix the line") from None
+        if cells is None:
+            return
+        if not any(cell.strip() for cell in cells):
+            continue
+        if header is None:
+            header = [cell.strip() for cell in cells]
+            duplicate = _first_duplicate(header)
+            if duplicate is not None:
+                raise DataError(f"{where(line)}: column {duplicate!r} appears twice in the header; rename or "
+                                "remove one")
+            continue
+        if len(cells) != len(header):
+            raise DataError(f"{where(line)}: {len(cells)} cells, the header has {len(header)}; give one cell per "
+                            "column (quote cells that hold commas)")
+        yield where(line), dict(zip(header, cells))
 
 
-def check_row(row: Any, required: Sequence[str], where: str) -> None:
-    """Every required key present and non-empty, else a :class:`DataError` naming ``where`` and the key."""
+def _parquet_rows(file: Path) -> Iterator[tuple[str, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(file).read()
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(f"{file}: cannot be read as parquet ({err}); re-create it") from None
+    duplicate = _first_duplicate(table.column_names)
+    if duplicate is not None:  # rows as dicts would keep only one of them
+        raise DataError(f"{file}: column {duplicate!r} appears twice; rename or remove one")
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield f"{file} row {number}", row
+
+
+def check_value(key: str, value: Any, where: str) -> None:
+    """``value`` of column ``key`` present, non-empty and of its :data:`COLUMN_TYPES` type (any type for
+    other columns), else a :class:`DataError` naming ``where`` and the key."""
+    kind = COLUMN_TYPES.get(key)
+    if kind == ANSWER_LIST and isinstance(value, list):
+        _check_answer_list(key, value, where)
+    elif value is None or (isinstance(value, (str, list)) and len(value) == 0):
+        raise DataError(f"{where}: key {key!r} is empty")
+    elif kind == TEXT and not isinstance(value, str):
+        raise DataError(f"{where}: key {key!r} must be a string, got {type(value).__name__}")
+    elif kind == ANSWER_LIST and isinstance(value, str):
+        quoted = json.dumps(value, ensure_ascii=False)
+        raise DataError(f"{where}: key {key!r} must be a list of strings, not the bare string {quoted}; "
+                        f"give a list, e.g. [{quoted}]")
+    elif kind == ANSWER_LIST:
+        raise DataError(f"{where}: key {key!r} must be a list of strings, got {type(value).__name__}")
+
+
+def _check_answer_list(key: str, answers: list, where: str) -> None:
+    wrong = [answer for answer in answers if not isinstance(answer, str)]
+    if wrong:
+        name = type(wrong[0]).__name__
+        raise DataError(f"{where}: key {key!r} holds {'an' if name[0] in 'aeiou' else 'a'} {name} ({wrong[0]!r}); "
+                        "every answer must be a string")
+    blank = sum(not answer.strip() for answer in answers)
+    if blank == len(answers):
+        raise DataError(f"{where}: key {key!r} is an empty answer list (at least one non-blank answer is needed)")
+    if blank:  # an empty gold would count an empty reply as correct
+        raise DataError(f"{where}: key {key!r} holds an empty answer; remove it")
+
+
+def check_row(row: Any, required: Sequence[str], where: str, given: Sequence[str] = ()) -> None:
+    """Every ``required`` key present with a valid value (:func:`check_value`), each ``given`` key valid
+    where the row has a value, else a :class:`DataError` naming ``where`` and the key."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object with keys {list(required)}, got {type(row).__name__}")
     for key in required:
         if key not in row:
             raise DataError(f"{where}: missing key {key!r} (needed: {list(required)})")
-        value = row[key]
-        if value is None or (isinstance(value, (str, list)) and len(value) == 0):
-            raise DataError(f"{where}: key {key!r} is empty")
+        check_value(key, row[key], where)
+    for key in given:
+        if row.get(key) not in (None, ""):
+            check_value(key, row[key], where)
 
 
-def _read_local(file: Path, required: Sequence[str], cache_dir: str | None):
-    """A local file's rows as they are, checked, and their format."""
+def _checked_rows(file: Path, rows: Iterable[tuple[str, dict]], required: Sequence[str], optional: Sequence[str],
+                  column_hint: str | None) -> tuple[list[dict], str]:
+    """Every row checked for what its format needs and cut to the columns the step reads; and the format,
+    which the first row decides (one file, one format).
+
+    An ``optional`` column the first row has is read from every row, so every row needs it; one that only
+    later rows have is refused, as the rows before would lack it. With ``column_hint`` (files whose rows
+    all have the same columns) a missing column is one error naming the file, ending with the hint."""
+    kept: list[dict] = []
+    fmt, needed, given, columns = CANONICAL, (), (), ()
+    for where, row in rows:
+        if not kept:
+            fmt = detect_format(row)
+            needed = tuple(dict.fromkeys(source_columns(fmt, required) + tuple(c for c in optional if c in row)))
+            given = given_source_columns(fmt, required)
+            columns = tuple(dict.fromkeys(needed + given))
+            missing = [column for column in needed if column not in row]
+            if missing and column_hint:
+                raise DataError(f"{file}: no column {missing[0]!r} (columns: {list(row)}); {column_hint}")
+        late = next((column for column in optional if column in row and column not in needed), None)
+        if late is not None:
+            raise DataError(f"{where}: key {late!r} is given here but not in the first row; give it in every row "
+                            "or in none")
+        check_row(row, needed, where, given)
+        kept.append({column: row.get(column) for column in columns})
+    if not kept:
+        raise empty_error(file, EMPTY_HINT)
+    return kept, fmt
+
+
+def _local_rows(file: Path, suffix: str) -> Iterator[tuple[str, dict]]:
+    if suffix.startswith(".jsonl"):
+        return json_lines(file)
+    if suffix.startswith(".json"):
+        return _json_rows(file)
+    if suffix == ".csv":
+        return csv_rows(file, lambda line: f"{file} row {line}")
+    return _parquet_rows(file)
+
+
+def _read_local(file: Path, required: Sequence[str], optional: Sequence[str]):
+    """A local file's rows, checked and cut to the columns the step reads, and their format."""
     import datasets
 
     suffix = local_suffix(file)
     if suffix is None:
-        raise DataError(f"{file}: unsupported file type; use one of {list(LOCAL_FORMATS)}")
-    # JSON lines are checked before ``datasets`` reads them, for line-precise errors
-    fmt = _check_json_lines(file, required) if suffix.startswith(".jsonl") else None
-    try:
-        ds = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(file), split="train", cache_dir=cache_dir)
-    except Exception as err:  # malformed json/csv/parquet: one line instead of the builder's traceback
-        raise DataError(f"{file}: could not be read as {suffix[1:]} ({err}); fix or re-create it") from None
-    if fmt is None:
-        fmt = detect_format(ds.column_names)
-        needed = source_columns(fmt, required)
-        header_rows = 2 if suffix == ".csv" else 1  # line numbers a user sees in the file
-        for index, row in enumerate(ds):
-            check_row(row, needed, f"{file} row {index + header_rows}")
-    return ds, fmt
+        raise DataError(f"{file}: unsupported file type; use one of {list(LOCAL_SUFFIXES)}")
+    if file.stat().st_size == 0:  # a parquet reader cannot even open it
+        raise empty_error(file, EMPTY_HINT)
+    rows, fmt = _checked_rows(file, _local_rows(file, suffix), required, optional, _COLUMN_HINTS.get(suffix))
+    return datasets.Dataset.from_list(rows), fmt
 
 
 def _read_hub(name: str, split: str, required: Sequence[str], cache_dir: str | None):
@@ -142,14 +299,14 @@ def _read_hub(name: str, split: str, required: Sequence[str], cache_dir: str | N
     return ds, fmt
 
 
-def _read_split(path: str, split: str, required: Sequence[str], cache_dir: str | None):
+def _read_split(path: str, split: str, required: Sequence[str], optional: Sequence[str], cache_dir: str | None):
     """``(rows as in the source, format)`` of one split, ``None`` where a folder/hub dataset lacks it."""
     local = Path(path)
     if local.is_dir():
         file = _split_file(local, split)
-        return None if file is None else _read_local(file, required, cache_dir)
+        return None if file is None else _read_local(file, required, optional)
     if local.is_file():
-        return _read_local(local, required, cache_dir) if split == "train" else None
+        return _read_local(local, required, optional) if split == "train" else None
     if local_suffix(local) or str(path).startswith((".", "/")):
         raise DataError(f"--data_path {path}: no such file or folder")
     return _read_hub(path, split, required, cache_dir)
@@ -159,8 +316,9 @@ def load_split(path: str, split: str, required: Sequence[str], cache_dir: str | 
                optional: Sequence[str] = ()):
     """One split of a dataset in the canonical ``required`` columns (+ the ``optional`` ones it has): a
     local folder holding ``{split}.jsonl|json|csv|parquet`` (``.gz`` too), a local file (its rows are the
-    train split), or a hub name. ``None`` when a folder/hub dataset lacks the split."""
-    found = _read_split(path, split, required, cache_dir)
+    train split), or a hub name. ``None`` when a folder/hub dataset lacks the split. ``cache_dir`` is the
+    ``datasets`` cache of hub downloads."""
+    found = _read_split(path, split, required, optional, cache_dir)
     return None if found is None else to_canonical(*found, required, optional, source=f"{path} ({split})")
 
 
@@ -192,9 +350,9 @@ def load_phase_data(paths: Sequence[str], data_split: Sequence[float], phase: in
     another step's share. ``optional`` columns are kept where every dataset has them."""
     trains, evals = [], []
     for path in paths:
-        found = _read_split(path, "train", required, cache_dir)
+        found = _read_split(path, "train", required, optional, cache_dir)
         if found is None:
-            raise DataError(f"--data_path {path}: no train split (expected train.jsonl/json/csv/parquet)")
+            raise _no_train_split(path)
         rows, fmt = found
         phase_rows = rows.select(phase_indices(len(rows), data_split, phase, seed))
         trains.append(to_canonical(phase_rows, fmt, required, optional, source=f"{path} (train)"))

@@ -70,10 +70,20 @@ _SOURCES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+# Source columns a format reads only where a row gives them (rm-static's ``response``, else ``chosen``).
+_GIVEN_SOURCES: dict[str, dict[str, tuple[str, ...]]] = {RM_STATIC: {"response": ("response",)}}
+
+
 def source_columns(fmt: str, required: Sequence[str]) -> tuple[str, ...]:
     """The source columns every row of ``fmt`` needs to give the canonical ``required`` columns."""
     sources = _SOURCES[fmt]
     return tuple(dict.fromkeys(src for column in required for src in sources.get(column, (column,))))
+
+
+def given_source_columns(fmt: str, required: Sequence[str]) -> tuple[str, ...]:
+    """The source columns ``fmt`` reads for ``required`` where a row has them (they may be absent or empty)."""
+    sources = _GIVEN_SOURCES.get(fmt, {})
+    return tuple(dict.fromkeys(src for column in required for src in sources.get(column, ())))
 
 
 def split_dialogue(text: str) -> tuple[str, str] | None:

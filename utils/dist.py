@@ -24,6 +24,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launch_rank() -> int:
+    """This process's global rank, also before the process group starts (the launchers set ``RANK``)."""
+    return rank() if is_distributed() else int(os.environ.get("RANK", "0"))
+
+
 def print_rank0(*args, **kwargs) -> None:
     if is_main():
         print(*args, **kwargs, flush=True)

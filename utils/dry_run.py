@@ -154,7 +154,7 @@ def report(engines: list[Engine], world: World, dtype: str) -> None:
 def supervised(args: argparse.Namespace, step: SupervisedStep, scalar_head: bool) -> None:
     """Steps 1 and 2: one trained engine."""
     flags.check_args(args)
-    require_checkpoint(args.model_name_or_path, "--model_name_or_path", step.producer)
+    require_checkpoint(args.model_name_or_path, "--model_name_or_path", step.producer, step.input_kind)
     world = launch_world()
     report([Engine(step.name, "--model_name_or_path", args.model_name_or_path, scalar_head,
                    supervised_ds_config(args, world.size), True, args.lora_dim, args.lora_module_name)],

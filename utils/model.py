@@ -29,24 +29,132 @@ from utils.lora import convert_linear_to_lora, fuse_lora_state_dict, lora_scalin
 ARGS_FILE = "training_args.json"
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SCALAR_HEAD = "score"  # transformers' name for the head of every causal LM's *ForSequenceClassification
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what from_pretrained reads; NAME.index.json when sharded
+CAUSAL_LM, REWARD_MODEL = "causal LM", "reward model"  # the kinds of model a flag takes
+# why the wrong kind matters (an LM head may be tied to the embeddings, so it need not start random)
+_WRONG_KIND = {CAUSAL_LM: "", REWARD_MODEL: " (its score head would start random)"}
 
 
 class MissingCheckpointError(UserError):
     """A step's input checkpoint is absent; the message names the step that writes it."""
 
 
-def require_checkpoint(path: str | os.PathLike, flag: str, producer: str) -> None:
-    """Refuse a local checkpoint path that is not an HF folder, naming the step to run first.
+class NotAModelError(UserError):
+    """A checkpoint path holds something other than the model its flag takes."""
+
+
+def _is_hub_id(path: str | os.PathLike) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", str(path))) and not Path(Path(path).parts[0]).exists()
+
+
+def require_checkpoint(path: str | os.PathLike, flag: str, producer: str, kind: str | None = None,
+                       weights: bool = False) -> None:
+    """Refuse, before any weights load, a local path that is not the HF model folder ``flag`` takes: no
+    config.json (naming the step to run first), a config.json that is not a model's, a model of the wrong
+    ``kind`` (:data:`CAUSAL_LM` or :data:`REWARD_MODEL`, read from config.json's ``architectures``) and, with
+    ``weights``, a folder without its weights (a dry run needs config.json only).
 
     Names that are not local paths (hub ids such as ``meta-llama/Llama-2-7b-hf``) pass through.
     """
-    p = Path(path)
-    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) and not Path(p.parts[0]).exists()
-    looks_local = not looks_like_hub_id
-    if looks_local and not (p / "config.json").is_file():
+    if _is_hub_id(path):
+        return
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
         raise MissingCheckpointError(
             f"{flag} {path}: no checkpoint there (config.json missing). Run {producer} first, "
             f"or point {flag} at an existing Hugging Face model folder.")
+    config = _model_config(folder, flag, producer)
+    if kind is not None:
+        _require_kind(config, folder, flag, producer, kind)
+    if weights:
+        _require_weights(folder, flag, producer)
+
+
+def _model_config(folder: Path, flag: str, producer: str) -> dict[str, Any]:
+    file = folder / "config.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        where = f"{file}:{err.lineno}" if isinstance(err, json.JSONDecodeError) else str(file)
+        raise NotAModelError(f"{flag} {folder}: {where}: not valid JSON ({getattr(err, 'msg', err)}); rerun "
+                             f"{producer}, or copy the whole model folder") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise NotAModelError(f'{flag} {folder}: {file}: no "model_type", so not a Hugging Face model\'s config; '
+                             f"point {flag} at a model folder")
+    return config
+
+
+def _model_kind(architecture: str) -> str | None:
+    """:data:`REWARD_MODEL` for a ``*ForSequenceClassification`` (what step 2 writes), :data:`CAUSAL_LM` for
+    an LM-head architecture, None for any other."""
+    if architecture.endswith("ForSequenceClassification"):
+        return REWARD_MODEL
+    return CAUSAL_LM if architecture.endswith(("ForCausalLM", "LMHeadModel")) else None
+
+
+def _require_kind(config: dict[str, Any], folder: Path, flag: str, producer: str, kind: str) -> None:
+    """Building one kind from the other loads the backbone and starts the head at random, silently."""
+    architectures = config.get("architectures") or []
+    if not architectures:  # a bare config (e.g. a dry run's) says nothing
+        return
+    found = _model_kind(architectures[0])
+    wrong = found != REWARD_MODEL if kind == REWARD_MODEL else found == REWARD_MODEL
+    if wrong:
+        what = f"a {found}" if found else "another kind of model"
+        raise NotAModelError(f"{flag} {folder}: is {what} ({architectures[0]}), but this flag takes a {kind}"
+                             f"{_WRONG_KIND[kind]}: pass a folder written by {producer}")
+
+
+def _require_weights(folder: Path, flag: str, producer: str) -> None:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            _require_shards(index, flag, producer)
+            return
+    raise NotAModelError(f"{flag} {folder}: no weights there ({', '.join(WEIGHT_FILES)} or a sharded *.index.json); "
+                         f"rerun {producer}, or copy the whole model folder")
+
+
+def _require_shards(index: Path, flag: str, producer: str) -> None:
+    """Every shard a sharded checkpoint's index names must be there (a partial copy fails mid-load)."""
+    folder = index.parent
+    try:
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise NotAModelError(f'{flag} {folder}: {index}: not a weight index (JSON with a "weight_map"); rerun '
+                             f"{producer}, or copy the whole model folder") from None
+    missing = sorted(shard for shard in shards if not (folder / shard).is_file())
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise NotAModelError(f"{flag} {folder}: {index.name} names {missing[0]}, which is missing{more}; rerun "
+                             f"{producer}, or copy the whole model folder")
+
+
+def checked_tokenizer(path: str | os.PathLike, flag: str, padding_side: str = "right") -> PreTrainedTokenizerBase:
+    """:func:`load_tokenizer`, a tokenizer that cannot load refused in one line naming ``flag``."""
+    try:
+        return load_tokenizer(str(path), padding_side)
+    except (OSError, ValueError) as err:  # missing or unreadable files; transformers' text spans lines
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise NotAModelError(f"{flag} {path}: cannot load its tokenizer ({type(err).__name__}: {reason}); the folder "
+                             "needs the model's tokenizer files (tokenizer.json and tokenizer_config.json, as "
+                             "save_pretrained writes them)") from None
+
+
+def require_vocabulary_fits(path: str | os.PathLike, flag: str, tokenizer: PreTrainedTokenizerBase,
+                            tokenizer_source: str) -> None:
+    """Refuse a model with fewer embedding rows than ``tokenizer`` has tokens: the first token past the end
+    is an IndexError mid-run. Reads the config only."""
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise NotAModelError(f"{flag} {path}: cannot read its config ({(str(err).splitlines() or [''])[0]})") from None
+    size = getattr(config.get_text_config(), "vocab_size", None)
+    if size is not None and size < len(tokenizer):
+        raise NotAModelError(f"{flag} {path}: its vocabulary ({size}) is smaller than the tokenizer's "
+                             f"({len(tokenizer)}, from {tokenizer_source}); use a model trained with that tokenizer")
 
 
 def load_tokenizer(path: str, padding_side: str = "right") -> PreTrainedTokenizerBase:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from utils.data import DataError, json_lines
+from utils.data import DataError, check_row, json_lines
 from utils.files import write_jsonl
 from utils.prompts import build_prompt, format_response
 
@@ -48,10 +48,8 @@ def read_nq_open(path: str | Path) -> list[dict]:
     """NQ-open JSONL rows ``{"question", "answer": [aliases]}``, refused with file:line when malformed."""
     rows = []
     for where, row in json_lines(Path(path)):
-        question, answers = row.get("question"), row.get("answer")
-        if not isinstance(question, str) or not question.strip() or not isinstance(answers, list) or not answers:
-            raise DataError(f"{where}: expected NQ-open's {{\"question\": str, \"answer\": [str, ...]}}")
-        rows.append({"question": question.strip(), "answer": [str(a) for a in answers]})
+        check_row(row, ("question", "answer"), where)
+        rows.append({"question": row["question"].strip(), "answer": row["answer"]})
     return rows
 
 

@@ -7,6 +7,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -184,6 +185,7 @@ class SupervisedStep:
     collate: Callable  # (features, pad_id) -> batch
     loss: Callable  # (engine, batch) -> loss
     evaluate: Callable  # (engine, loader) -> metrics
+    input_kind: str | None = None  # utils.model.CAUSAL_LM where --model_name_or_path must be one (step 1)
 
 
 def supervised_ds_config(args, world_size: int) -> dict[str, Any]:
@@ -196,21 +198,34 @@ def supervised_ds_config(args, world_size: int) -> dict[str, Any]:
 
 
 def run_supervised_step(args, step: SupervisedStep) -> dict:
+    """Checks of the flags and ``--output_dir``, then the run under the folder's lock (one writer)."""
+    from utils import args as flags
+    from utils.files import check_output_folder, output_lock
+
+    flags.check_args(args)
+    check_output_folder(args.output_dir)
+    with output_lock(Path(args.output_dir)):
+        return _train_supervised(args, step)
+
+
+def _train_supervised(args, step: SupervisedStep) -> dict:
     """Data, model (+LoRA), DeepSpeed engine, evaluation before and during training, atomic save."""
     from functools import partial
 
     from datasets import DatasetDict
 
-    from utils import args as flags
     from utils.data import load_phase_data
     from utils.data_cache import cached_dataset, data_fingerprint
-    from utils.model import apply_lora, load_tokenizer, require_checkpoint, save_hf_checkpoint
+    from utils.model import (apply_lora, checked_tokenizer, require_checkpoint, require_vocabulary_fits,
+                             save_hf_checkpoint)
 
-    flags.check_args(args)
     dist.init_distributed(args.local_rank)
     set_seed(args.seed)
-    require_checkpoint(args.model_name_or_path, "--model_name_or_path", step.producer)
-    tokenizer = load_tokenizer(args.tokenizer_name_or_path or args.model_name_or_path)
+    require_checkpoint(args.model_name_or_path, "--model_name_or_path", step.producer, step.input_kind, weights=True)
+    tokenizer_flag = "--tokenizer_name_or_path" if args.tokenizer_name_or_path else "--model_name_or_path"
+    tokenizer_path = args.tokenizer_name_or_path or args.model_name_or_path
+    tokenizer = checked_tokenizer(tokenizer_path, tokenizer_flag)
+    require_vocabulary_fits(args.model_name_or_path, "--model_name_or_path", tokenizer, f"{tokenizer_flag} {tokenizer_path}")
 
     def tokenized() -> DatasetDict:
         train, evaluation = load_phase_data(args.data_path, args.data_split, step.phase, step.columns, args.seed,
@@ -250,6 +265,7 @@ def run_supervised_step(args, step: SupervisedStep) -> dict:
     summary = {"steps": result.steps, "seconds": round(result.seconds, 1),
                "seconds_per_step": round(result.seconds / max(result.steps, 1), 4),
                "peak_gpu_memory_gib": peak_gpu_memory_gib(), "before": before, "final": result.evaluations[-1]}
-    save_hf_checkpoint(engine, tokenizer, args.output_dir, {**vars(args), "result": summary})
+    folder = save_hf_checkpoint(engine, tokenizer, args.output_dir, {**vars(args), "result": summary})
+    dist.print_rank0(f"saved the {step.name} model to {folder}")
     dist.print_rank0(json.dumps({step.name: summary}))
     return summary
