@@ -43,6 +43,8 @@ class Variant:
 # The setting the study found best (R_A as the confidence tokens' advantage, α = 32); the ablations
 # below change one thing each against it.
 BEST = ("--alpha", "32", "--alignment_on_confidence_tokens")
+BRIER = ("--confidence_scoring_rule", "brier", "--confidence_scoring_weight", "8")
+WORST = ("--missing_confidence_policy", "worst")
 VARIANTS = (
     Variant("ppo_alpha0", ("--alpha", "0"), "plain RLHF (α = 0), same budget"),
     Variant("conqord_a2", ("--alpha", "2"), "CONQORD as in the paper (α·R_A in the sequence reward), α = 2, R_A / N"),
@@ -66,6 +68,16 @@ VARIANTS = (
             "best, learned reward model scoring the text with its confidence (the authors')"),
     Variant("brier", (*BEST, "--confidence_scoring_rule", "brier", "--confidence_scoring_weight", "8"),
             "best + Brier score of the confidence (weight 8) on the confidence tokens"),
+    # Levels, not only order (issue 11): proper scoring rules that a missing confidence cannot game
+    Variant("brier_worst", (*BEST, *BRIER, *WORST),
+            "best + Brier (weight 8), a missing confidence scored at its worst in every term"),
+    Variant("brier_a4", ("--alpha", "4", "--alignment_on_confidence_tokens", *BRIER, *WORST),
+            "the same with α = 4: R_A's push to the extremes (∝ α) no longer outweighs Brier's pull to P(correct)"),
+    Variant("brier_only", ("--alpha", "0", "--alignment_on_confidence_tokens", *BRIER, *WORST),
+            "Brier alone (weight 8) on the confidence tokens, no R_A (RLCR's reward, confidence tokens only)"),
+    Variant("log_a4", ("--alpha", "4", "--alignment_on_confidence_tokens", "--confidence_scoring_rule", "log",
+                       "--confidence_scoring_weight", "2", *WORST),
+            "α = 4 + log score (weight 2): unbounded at 0 and 1, so R_A cannot push levels to the extremes"),
 )
 SFT_METHODS = ("zero_shot", "vanilla", "topk", "cot")
 METRICS = ("accuracy", "ece", "auroc", "auroc_stated", "pearson", "spearman", "brier", "parse_failure_rate")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from step3_RL_finetune_LLM.ppo import gae, gather_log_probs, token_rewards
+from step3_RL_finetune_LLM.ppo import gae, gather_log_probs, last_token_index, token_rewards
 from utils import dist
 from utils.answer_match import exact_match
 from utils.confidence import (ParsedConfidence, confidence_cut_index, extract_answer, parse_confidence,
@@ -20,7 +20,8 @@ from utils.generation import GenerationSettings, generate, response_ids, stop_to
 from utils.lora import lora_fused
 from utils.model import position_ids, sequence_scores, token_values, unwrapped_for_generation
 from utils.profiling import PhaseTimer
-from utils.reward import confidence_score, dual_reward, quality_target, wrong_way_share
+from utils.reward import (confidence_score, dual_reward, quality_target, worst_case_alignment_confidence,
+                          worst_case_confidence_score, wrong_way_share)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class RewardSettings:
     scoring_rule: str = "none"  # beyond the paper: a proper scoring rule on the stated confidence
     scoring_weight: float = 0.0
     alignment_on_confidence_tokens: bool = False  # beyond the paper: confidence terms → confidence tokens only
+    missing_policy: str = "fixed"  # "fixed": missing_confidence in every term; "worst": each term's minimum
 
 
 @dataclass
@@ -85,19 +87,32 @@ def reward_model_inputs(prompt_ids: Sequence[Sequence[int]], responses: Sequence
     return {"input_ids": pad_batch(rows, pad_id), "attention_mask": pad_batch([[1] * len(r) for r in rows], 0)}
 
 
-def scoped_dual_reward(quality: torch.Tensor, confidence: torch.Tensor, settings: RewardSettings) -> dict:
+def scoped_dual_reward(quality: torch.Tensor, confidence: torch.Tensor, settings: RewardSettings,
+                       stated: torch.Tensor | None = None) -> dict:
     """The dual reward over the rollouts in scope: all ranks' (gathered) or this rank's; returns this
-    rank's rewards and batch diagnostics computed over the same scope."""
-    offset, scope_q, scope_c = 0, quality, confidence
+    rank's rewards and batch diagnostics computed over the same scope.
+
+    ``stated`` (bool per rollout, default all True) marks the rollouts whose confidence parsed; under
+    ``missing_policy="worst"`` the others get, in R_A and in the scoring rule, the worst value they could
+    have stated, so dropping the confidence never pays."""
+    worst = settings.missing_policy == "worst"
+    stated = torch.ones_like(quality, dtype=torch.bool) if stated is None else stated.bool()
+    offset, scope_q, scope_c, scope_stated = 0, quality, confidence, stated
     if settings.scope == "global":
         scope_q, offset = dist.all_gather_variable(quality)
         scope_c, _ = dist.all_gather_variable(confidence)
+        if worst:
+            scope_stated = dist.all_gather_variable(stated.float())[0].bool()
+    if worst:
+        scope_c = worst_case_alignment_confidence(scope_q, scope_c, scope_stated)
     reward = dual_reward(scope_q, scope_c, settings.alpha, settings.reduction, settings.clip)
     mine = slice(offset, offset + quality.numel())
     confidence_terms = settings.alpha * reward.alignment[mine]
     if settings.scoring_rule != "none":
-        confidence_terms = confidence_terms + settings.scoring_weight * confidence_score(
-            confidence, quality_target(quality, settings.quality), settings.scoring_rule)
+        target = quality_target(quality, settings.quality)
+        score = (worst_case_confidence_score(confidence, target, stated, settings.scoring_rule) if worst
+                 else confidence_score(confidence, target, settings.scoring_rule))
+        confidence_terms = confidence_terms + settings.scoring_weight * score
     spearman = np.nan
     if scope_q.unique().numel() > 1 and scope_c.unique().numel() > 1:
         spearman = stats.spearmanr(scope_q.cpu().numpy(), scope_c.cpu().numpy()).statistic
@@ -111,6 +126,16 @@ def scoped_dual_reward(quality: torch.Tensor, confidence: torch.Tensor, settings
             "wrong_way_share": (wrong_way_share(scope_c, settings.alpha, settings.reduction)
                                 if settings.alpha > 0 and not settings.alignment_on_confidence_tokens else 0.0),
             "spearman_quality_confidence": float(spearman)}
+
+
+def on_confidence_tokens(confidence_terms: torch.Tensor, cuts: Sequence[int], mask: torch.Tensor) -> torch.Tensor:
+    """Each rollout's confidence terms as an advantage on its confidence tokens (response positions from
+    its cut on), shape (batch, response_len). A rollout that states no confidence (cut past its end) gets
+    them on its last token, where it chose to stop without one: else they would reach no token at all and
+    silence would escape them."""
+    starts = torch.minimum(torch.tensor(list(cuts), device=mask.device), last_token_index(mask))
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return confidence_terms[:, None] * (positions[None, :] >= starts[:, None]).float() * mask
 
 
 class ExperienceMaker:
@@ -152,13 +177,14 @@ class ExperienceMaker:
         parsed = [parse_confidence(t) for t in texts]
         answers = [extract_answer(t) for t in texts]
         confidence = torch.tensor([resolve_confidence(p, self.settings.missing_confidence) for p in parsed])
+        stated = torch.tensor([p.value is not None for p in parsed])
         correct = oracle_quality(answers, golds) if golds is not None else None
         # where the confidence span starts, decoded once for whichever of its two users is on
         needs_cuts = self.settings.alignment_on_confidence_tokens or (
             self.settings.quality == "model" and not self.settings.score_with_confidence)
         cuts = [confidence_cut_index(r, self.tokenizer) for r in responses] if needs_cuts else None
         quality = correct if self.settings.quality == "oracle" else self._model_quality(prompt_ids, responses, cuts)
-        reward = scoped_dual_reward(quality.float(), confidence.float(), self.settings)
+        reward = scoped_dual_reward(quality.float(), confidence.float(), self.settings, stated)
 
         self.engines.actor.eval()
         self.engines.critic.eval()
@@ -168,9 +194,7 @@ class ExperienceMaker:
         rewards, kl = token_rewards(log_probs, ref_log_probs, reward["total"].to(device), mask, self.settings.kl_ctl)
         advantages, returns = gae(rewards, values, mask, self.settings.gamma, self.settings.lam)
         if self.settings.alignment_on_confidence_tokens:
-            starts = torch.tensor(cuts, device=device)
-            on_confidence = (torch.arange(mask.shape[1], device=device)[None, :] >= starts[:, None]).float() * mask
-            advantages = advantages + reward["confidence_terms"].to(device)[:, None] * on_confidence
+            advantages = advantages + on_confidence_tokens(reward["confidence_terms"].to(device), cuts, mask)
         experience = Experience(sequences, attention_mask, width, mask, log_probs, values, advantages, returns)
         experience.stats = self._stats(quality, confidence, parsed, correct, reward, kl, mask)
         return experience

@@ -54,7 +54,8 @@ def reward_settings(args: argparse.Namespace) -> RewardSettings:
                           missing_confidence=args.missing_confidence, kl_ctl=args.kl_ctl, gamma=args.gamma,
                           lam=args.lam, scoring_rule=args.confidence_scoring_rule,
                           scoring_weight=args.confidence_scoring_weight,
-                          alignment_on_confidence_tokens=args.alignment_on_confidence_tokens)
+                          alignment_on_confidence_tokens=args.alignment_on_confidence_tokens,
+                          missing_policy=args.missing_confidence_policy)
 
 
 def warn_if_alignment_vanishes(args: argparse.Namespace) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.reward import alignment_reward, dual_reward, quality_gradient, wrong_way_share
+from utils.reward import (alignment_reward, confidence_score, dual_reward, quality_gradient,
+                          worst_case_alignment_confidence, worst_case_confidence_score, wrong_way_share)
 
 R = torch.tensor([1.0, 0.0, 1.0, 0.5], dtype=torch.float64)
 C = torch.tensor([0.9, 0.2, 0.4, 0.6], dtype=torch.float64)
@@ -136,3 +137,38 @@ def test_scoring_rules_are_maximised_by_the_true_probability(rule):
     expected = p * confidence_score(grid, torch.ones_like(grid), rule) + \
         (1 - p) * confidence_score(grid, torch.zeros_like(grid), rule)
     assert grid[expected.argmax()].item() == pytest.approx(p, abs=0.03)
+
+
+# ---------------------------------------------------------------- no escape through a missing confidence
+
+GRID = torch.linspace(0.0, 1.0, 11)
+
+
+def _random_batch(seed: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, (n,), generator=g).float(), torch.rand(n, generator=g)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_worst_case_alignment_confidence_minimises_the_rollouts_own_alignment_reward(seed):
+    quality, confidence = _random_batch(seed)
+    quality[0] = 0.5 * seed % 1.0  # also a quality between the others
+    for i in range(len(quality)):
+        stated = torch.ones(len(quality), dtype=torch.bool)
+        stated[i] = False
+        filled = worst_case_alignment_confidence(quality, confidence, stated)
+        silent = alignment_reward(quality, filled)[i]
+        for c in GRID:
+            spoken = confidence.clone()
+            spoken[i] = c
+            assert silent <= alignment_reward(quality, spoken)[i] + 1e-6
+
+
+@pytest.mark.parametrize("rule", ["brier", "log"])
+def test_worst_case_score_is_below_every_stated_confidence(rule):
+    target = torch.tensor([0.0, 1.0, 0.3, 0.5, 0.9])
+    silent = worst_case_confidence_score(torch.zeros(5), target, torch.zeros(5, dtype=torch.bool), rule)
+    for c in GRID:
+        assert (silent <= confidence_score(torch.full((5,), float(c)), target, rule) + 1e-6).all()
+    stated = worst_case_confidence_score(torch.full((5,), 0.7), target, torch.ones(5, dtype=torch.bool), rule)
+    assert torch.equal(stated, confidence_score(torch.full((5,), 0.7), target, rule))

@@ -118,3 +118,59 @@ def test_reward_model_inputs_end_on_eos_whatever_stop_token_ended_the_rollout():
                                 stop_ids=[eos, eot])
     assert batch["input_ids"].tolist() == [[5, 7, 8, eos], [5, 7, 8, eos], [5, 7, 8, eos]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1]] * 3
+
+
+# ---------------------------------------------------------------- no escape through a missing confidence
+
+def _terms(quality, confidence, stated, policy, rule="brier", on_tokens=True):
+    settings = RewardSettings(alpha=4.0, scope="device", reduction="mean", clip=5.0, quality="oracle",
+                              score_with_confidence=False, missing_confidence=0.0, kl_ctl=0.1, gamma=1.0, lam=0.95,
+                              scoring_rule=rule, scoring_weight=2.0, alignment_on_confidence_tokens=on_tokens,
+                              missing_policy=policy)
+    out = scoped_dual_reward(torch.tensor(quality), torch.tensor(confidence), settings, torch.tensor(stated))
+    return out["confidence_terms"] + (0.0 if on_tokens else out["total"])
+
+
+@pytest.mark.parametrize("rule", ["none", "brier", "log"])
+@pytest.mark.parametrize("on_tokens", [True, False])
+def test_dropping_the_confidence_never_pays_under_the_worst_policy(rule, on_tokens):
+    quality = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    confidence = [0.9, 0.2, 0.4, 0.6, 0.1, 0.7]
+    for i in range(len(quality)):
+        stated = [j != i for j in range(len(quality))]
+        silent = _terms(quality, confidence, stated, "worst", rule, on_tokens)[i]
+        for c in torch.linspace(0, 1, 11).tolist():
+            spoken = confidence.copy()
+            spoken[i] = c
+            assert silent <= _terms(quality, spoken, [True] * len(quality), "worst", rule, on_tokens)[i] + 1e-6
+
+
+def test_the_fixed_policy_lets_a_wrong_answer_escape_the_brier_term():
+    """The defect the worst policy fixes: a wrong answer that states nothing counts as confidence 0.0,
+    the best Brier score it could get, better than any honest confidence above 0."""
+    quality = [1.0, 0.0, 1.0, 0.0]
+    # the experience maker fills the unstated confidence with --missing_confidence (0.0) before scoring
+    silent = _terms(quality, [0.9, 0.0, 0.8, 0.3], [True, False, True, True], "fixed", "brier")[1]
+    spoken = _terms(quality, [0.9, 0.3, 0.8, 0.3], [True] * 4, "fixed", "brier")[1]
+    worst = _terms(quality, [0.9, 0.0, 0.8, 0.3], [True, False, True, True], "worst", "brier")[1]
+    assert silent > spoken > worst
+
+
+def test_confidence_terms_reach_the_last_token_of_a_rollout_without_confidence():
+    from step3_RL_finetune_LLM.experience import on_confidence_tokens
+
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]).float()
+    terms = torch.tensor([2.0, -3.0])
+    # row 0 states its confidence from token 2 on; row 1 states none (its cut is its length, 3)
+    added = on_confidence_tokens(terms, [2, 3], mask)
+    assert added.tolist() == [[0, 0, 2, 2, 0], [0, 0, -3, 0, 0]]
+
+
+def test_the_policy_flag_reaches_the_reward_settings():
+    from step3_RL_finetune_LLM.trainer import build_parser, reward_settings
+
+    required = ["--data_path", "d", "--actor_model_name_or_path", "a", "--critic_model_name_or_path", "c",
+                "--output_dir", "o"]
+    assert reward_settings(build_parser().parse_args(required)).missing_policy == "fixed"
+    args = build_parser().parse_args([*required, "--missing_confidence_policy", "worst"])
+    assert reward_settings(args).missing_policy == "worst"

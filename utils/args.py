@@ -9,7 +9,7 @@ import argparse
 from typing import Sequence
 
 from utils.ds_config import DTYPES
-from utils.reward import REDUCTIONS, SCORING_RULES
+from utils.reward import MISSING_POLICIES, REDUCTIONS, SCORING_RULES
 
 
 def _positive(kind):
@@ -233,6 +233,10 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
                         "confidence tokens only; the answer tokens see the quality reward alone.")
     r.add_argument("--missing_confidence", type=_unit_float, default=0.0,
                    help="Confidence used when a rollout states none (the authors: 1.0 in training).")
+    r.add_argument("--missing_confidence_policy", choices=list(MISSING_POLICIES), default="fixed",
+                   help="Beyond the paper: 'worst' gives a rollout that states no (or a malformed) confidence, in R_A "
+                        "and in the scoring rule, the worst value it could have stated, so dropping the tag never "
+                        "pays; 'fixed' uses --missing_confidence everywhere.")
 
 
 def supervised_parser(description: str, learning_rate: float) -> argparse.ArgumentParser:

@@ -64,6 +64,7 @@ def dual_reward(quality: torch.Tensor, confidence: torch.Tensor, alpha: float,
 
 
 SCORING_RULES: tuple[str, ...] = ("none", "brier", "log")
+MISSING_POLICIES: tuple[str, ...] = ("fixed", "worst")
 
 
 def quality_target(quality: torch.Tensor, kind: str) -> torch.Tensor:
@@ -83,3 +84,27 @@ def confidence_score(confidence: torch.Tensor, target: torch.Tensor, rule: str, 
         c = confidence.clamp(eps, 1.0 - eps)
         return target * torch.log(c) + (1.0 - target) * torch.log(1.0 - c)
     raise ValueError(f"scoring rule must be one of {SCORING_RULES[1:]}, got {rule!r}")
+
+
+# A rollout that states no confidence must not do better than any confidence it could have stated, or the
+# policy learns to drop the tag whenever its answer is likely wrong (a missing 0.0 scores a perfect Brier on a
+# wrong answer). Under the "worst" policy each confidence term takes its minimum over c in [0, 1] instead.
+
+def worst_case_alignment_confidence(quality: torch.Tensor, confidence: torch.Tensor,
+                                    stated: torch.Tensor) -> torch.Tensor:
+    """``confidence`` with every unstated entry set to the value that minimises that rollout's own R_A.
+
+    ``R_A(i)`` is linear in ``c_i`` with slope proportional to ``Σ_j (r_i − r_j) = N·(r_i − r̄)``: the
+    minimum over [0, 1] is ``c_i = 1`` for an answer below the batch's mean quality and ``c_i = 0``
+    otherwise (at the mean, R_A(i) does not depend on ``c_i``)."""
+    worst = (quality < quality.mean()).to(confidence.dtype)
+    return torch.where(stated, confidence, worst)
+
+
+def worst_case_confidence_score(confidence: torch.Tensor, target: torch.Tensor, stated: torch.Tensor,
+                                rule: str) -> torch.Tensor:
+    """:func:`confidence_score`, with unstated entries scored at their worst: both rules are concave in
+    ``c``, so the minimum over [0, 1] is at 0 or at 1 (−max(t, 1 − t)² for Brier)."""
+    zeros, ones = torch.zeros_like(target), torch.ones_like(target)
+    worst = torch.minimum(confidence_score(zeros, target, rule), confidence_score(ones, target, rule))
+    return torch.where(stated, confidence_score(confidence, target, rule), worst)
