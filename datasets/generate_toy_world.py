@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
                         default=ToyWorldConfig.name_length_cue,
                         help="Frequent countries get short names, so the model can see how familiar a country is "
                              "(--no-name_length_cue: name length says nothing).")
+    parser.add_argument("--fact_frequency", choices=["country", "fact"], default=ToyWorldConfig.fact_frequency,
+                        help="country: a country's facts share its SFT frequency (familiarity decides what is known); "
+                             "fact: each fact has its own frequency rank, so a frequent country can have rare facts.")
     parser.add_argument("--vocab_size", type=int, default=512)
     parser.add_argument("--country_tokens", action="store_true",
                         help="One token per country name (rarely seen countries keep rarely trained embeddings).")
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                             reward_pairs=args.reward_pairs,
                             verification_examples=args.verification_examples,
                             answer_zipf_exponent=args.answer_zipf_exponent, zipf_exponent=args.zipf_exponent,
-                            name_length_cue=args.name_length_cue)
+                            name_length_cue=args.name_length_cue, fact_frequency=args.fact_frequency)
     sizes = generate(args.out_dir, config)
     tokenizer = train_tokenizer(corpus_texts(args.out_dir), vocab_size=args.vocab_size,
                                 whole_words=country_names(args.out_dir) if args.country_tokens else ())

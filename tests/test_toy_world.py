@@ -42,3 +42,38 @@ def test_without_the_cue_name_length_says_nothing_about_rank():
     for rank, name in ranked:
         by_tier[(rank - 1) // 100] += _syllables(name)
     assert max(by_tier.values()) - min(by_tier.values()) < 25  # about 250 syllables per tier of 100 names
+
+
+def test_a_countrys_facts_share_its_frequency_by_default():
+    facts = make_facts(ToyWorldConfig(n_countries=40))
+    ranks = {}
+    for f in facts:
+        ranks.setdefault(f.country, set()).add(f.rank)
+    assert all(len(r) == 1 for r in ranks.values())
+    assert sorted(r.pop() for r in ranks.values()) == list(range(1, 41))
+
+
+def test_fact_frequency_deals_each_relations_ranks_anew_and_changes_nothing_else():
+    from scipy import stats
+
+    n = 300
+    base = make_facts(ToyWorldConfig(n_countries=n))
+    mixed = make_facts(ToyWorldConfig(n_countries=n, fact_frequency="fact"))
+    # the same countries, answers and pools: only how often each fact is seen in SFT changes
+    assert [(f.country, f.relation, f.answer, f.pool) for f in base] == \
+        [(f.country, f.relation, f.answer, f.pool) for f in mixed]
+    for relation in ("color", "animal", "capital"):
+        assert sorted(f.rank for f in mixed if f.relation == relation) == list(range(1, n + 1))
+    by_country: dict[str, list[int]] = {}
+    for f in mixed:
+        by_country.setdefault(f.country, []).append(f.rank)
+    assert sum(len(set(r)) == 3 for r in by_country.values()) > 0.95 * n
+    # a country's familiarity (its position, which the name-length cue shows) no longer predicts a fact's rank
+    position = {country: i for i, country in enumerate(by_country)}
+    rho = stats.spearmanr([position[f.country] for f in mixed], [f.rank for f in mixed]).statistic
+    assert abs(rho) < 0.1
+
+
+def test_unknown_fact_frequency_is_refused():
+    with pytest.raises(ValueError, match="fact_frequency"):
+        make_facts(ToyWorldConfig(n_countries=8, fact_frequency="relation"))

@@ -58,6 +58,10 @@ class ToyWorldConfig:
     easy_min_count: int = 8  # a fact seen at least this often in SFT is "easy"
     hard_max_count: int = 1  # at most this often: "hard"
     name_length_cue: bool = True  # frequent countries get short names (Zipf's law of abbreviation)
+    # "country": a country's facts share its frequency, so familiarity with the name tells which facts are known;
+    # "fact": each relation deals the frequency ranks to the countries anew, so a frequent country can have rare
+    # facts and only knowing one's own knowledge of *this* fact predicts correctness
+    fact_frequency: str = "country"
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ def make_facts(config: ToyWorldConfig) -> list[Fact]:
     else:
         countries = _names(rng, config.n_countries, (2, 3), taken)
     capitals = _names(rng, config.n_capitals, (2, 2), taken)
+    fact_ranks = _fact_ranks(config, len(countries))
     facts = []
     for rank, country in enumerate(countries, start=1):
         pool = "eval" if rank % 4 == 2 else "ppo"  # every fourth country is kept for evaluation
@@ -111,8 +116,27 @@ def make_facts(config: ToyWorldConfig) -> list[Fact]:
                 answer = rng.choices(options, weights=weights)[0]
             else:
                 answer = rng.choice(options)
-            facts.append(Fact(country, rank, relation, answer, pool))
+            facts.append(Fact(country, fact_ranks[relation][rank - 1], relation, answer, pool))
     return facts
+
+
+FACT_FREQUENCIES = ("country", "fact")
+
+
+def _fact_ranks(config: ToyWorldConfig, n: int) -> dict[str, list[int]]:
+    """The frequency rank of each relation's fact about the i-th country: the country's own rank, or (with
+    ``fact_frequency="fact"``) a shuffle per relation, drawn from its own generator so that the default
+    world stays what it was."""
+    if config.fact_frequency not in FACT_FREQUENCIES:
+        raise ValueError(f"fact_frequency must be one of {FACT_FREQUENCIES}, got {config.fact_frequency!r}")
+    shuffle = random.Random(config.seed + 3)
+    ranks = {}
+    for relation in RELATIONS:
+        order = list(range(1, n + 1))
+        if config.fact_frequency == "fact":
+            shuffle.shuffle(order)
+        ranks[relation] = order
+    return ranks
 
 
 def _zipf_sample(rng: random.Random, facts: list[Fact], k: int, exponent: float) -> list[Fact]:
