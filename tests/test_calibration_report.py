@@ -1,0 +1,67 @@
+"""experiments.calibration_report: the issue-11 targets checked on summaries laid out as the harness writes them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import calibration_report as report
+from experiments.toy_ablation import SFT_METHODS, VARIANTS
+
+LEVELS = ("easy", "medium", "hard")
+
+
+def _summary(accuracy: float, ece: float, auroc: float, parse: float = 0.0, medium: float = 0.5) -> dict:
+    by = {lvl: {"n": 100, "accuracy": accuracy, "mean_confidence": 0.5, "auroc": medium if lvl == "medium" else 0.5}
+          for lvl in LEVELS}
+    return {"accuracy": accuracy, "ece": ece, "auroc": auroc, "auroc_stated": auroc, "pearson": 0.1, "spearman": 0.1,
+            "brier": 0.2, "parse_failure_rate": parse, "by_difficulty": by, "ci": {}}
+
+
+def _write(out: Path, seed: int, rows: dict[str, dict], train_parse: float) -> None:
+    for name, summary in rows.items():
+        methods = SFT_METHODS if name == "sft" else ("zero_shot",)
+        for benchmark in ("toy", "toy/seen"):
+            for method in methods:
+                folder = out / f"seed{seed}/results/{name}/{benchmark}/{method}"
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "summary.json").write_text(json.dumps(summary))
+        if name != "sft":
+            log = out / f"seed{seed}/out/{name}/train_log.jsonl"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text("".join(json.dumps({"step": i, "parse_failure_rate": train_parse}) + "\n" for i in range(60)))
+
+
+@pytest.fixture()
+def runs(tmp_path: Path) -> Path:
+    out = tmp_path / "runs"
+    for seed in (1, 2, 7):
+        _write(out, seed, {"sft": _summary(0.50, 0.19, 0.51), "ppo_alpha0": _summary(0.46, 0.20, 0.51),
+                           "brier_a4": _summary(0.49, 0.08, 0.77, parse=0.0, medium=0.62),
+                           "brier_only": _summary(0.40, 0.05, 0.80, parse=0.05, medium=0.55)}, train_parse=0.002)
+    return out
+
+
+def test_targets_are_checked_on_the_numbers(runs: Path):
+    variants = tuple(v for v in VARIANTS if v.name in ("ppo_alpha0", "brier_a4", "brier_only"))
+    table, _ = report._table(runs, [1, 2], variants)
+    assert all(report.targets_met(table, "brier_a4").values())
+    missed = [k for k, ok in report.targets_met(table, "brier_only").items() if not ok]
+    assert missed == ["parse failures ≤ 1 %", "medium AUROC ≥ 0.60", "accuracy within 2 points of PPO α=0",
+                      "accuracy ≥ SFT − 2 points"]
+
+
+def test_report_keeps_the_untuned_seed_apart(runs: Path, tmp_path: Path):
+    path = report.write_report(runs, [1, 2], [7], tuple(v for v in VARIANTS if v.name in ("ppo_alpha0", "brier_a4")),
+                               tmp_path / "docs/results_calibration.md")
+    text = path.read_text()
+    assert "## Tuning seeds (1, 2)" in text and "## Seed 7, not tuned on" in text
+    row = next(line for line in text.splitlines() if line.startswith("| brier_a4 |"))
+    assert "0.490 ± 0.000" in row and "-0.010 ± 0.000 | 0.030 ± 0.000" in row and "0.002 ± 0.000" in row and row.endswith("| 7/7 |")
+    assert "- `brier_a4`: 7/7 targets met" in text
+
+
+def test_ppo_alpha0_is_required(runs: Path, tmp_path: Path):
+    with pytest.raises(SystemExit):
+        report.main(["--out", str(runs), "--variants", "brier_a4", "--report", str(tmp_path / "r.md")])
