@@ -45,6 +45,7 @@ class Variant:
 BEST = ("--alpha", "32", "--alignment_on_confidence_tokens")
 BRIER = ("--confidence_scoring_rule", "brier", "--confidence_scoring_weight", "8")
 WORST = ("--missing_confidence_policy", "worst")
+PTX = ("--unsupervised_dataset_name", "{data}/step1_sft", "--unsup_coef", "1")  # {data}: the seed's world
 VARIANTS = (
     Variant("ppo_alpha0", ("--alpha", "0"), "plain RLHF (α = 0), same budget"),
     Variant("conqord_a2", ("--alpha", "2"), "CONQORD as in the paper (α·R_A in the sequence reward), α = 2, R_A / N"),
@@ -78,6 +79,8 @@ VARIANTS = (
     Variant("log_a4", ("--alpha", "4", "--alignment_on_confidence_tokens", "--confidence_scoring_rule", "log",
                        "--confidence_scoring_weight", "2", *WORST),
             "α = 4 + log score (weight 2): unbounded at 0 and 1, so R_A cannot push levels to the extremes"),
+    # Accuracy kept (issue 11): PPO-ptx, the SFT loss on step 1's data mixed into each actor update
+    Variant("ptx_alpha0", ("--alpha", "0", *PTX), "plain RLHF + PPO-ptx (SFT loss on step 1's data, weight 1)"),
 )
 SFT_METHODS = ("zero_shot", "vanilla", "topk", "cot")
 METRICS = ("accuracy", "ece", "auroc", "auroc_stated", "pearson", "spearman", "brier", "parse_failure_rate")
@@ -128,8 +131,9 @@ def train_variant(seed_dir: Path, seed: int, variant: Variant, s: Settings) -> N
     out = seed_dir / "out" / variant.name
     if (out / "actor/config.json").is_file():
         return
+    flags = [flag.format(data=seed_dir / "data") for flag in variant.flags]
     _run(["bash", "step3_RL_finetune_LLM/run_step3.sh", "--seed", str(seed), "--max_steps", str(s.ppo_steps),
-          "--save_interval", "0", *variant.flags, "--output_dir", str(out)],
+          "--save_interval", "0", *flags, "--output_dir", str(out)],
          _env(seed_dir, variant.nproc), seed_dir / f"logs/step3_{variant.name}.log")
 
 

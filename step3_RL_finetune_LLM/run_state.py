@@ -40,7 +40,8 @@ def _input_paths(args: argparse.Namespace) -> dict[str, list[str]]:
     paths = {"data_path": args.data_path, "actor_model_name_or_path": [args.actor_model_name_or_path],
              "critic_model_name_or_path": [args.critic_model_name_or_path],
              "reward_model_name_or_path": [reward] if args.quality_reward == "model" else [],
-             "tokenizer_model_name_or_path": [args.tokenizer_model_name_or_path]}
+             "tokenizer_model_name_or_path": [args.tokenizer_model_name_or_path],
+             "unsupervised_dataset_name": args.unsupervised_dataset_name or []}
     return {flag: value for flag, value in paths.items() if value and value[0]}
 
 

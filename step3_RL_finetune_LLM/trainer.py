@@ -17,6 +17,7 @@ from step3_RL_finetune_LLM.experience import (Experience, ExperienceMaker, Rewar
                                               response_values)
 from step3_RL_finetune_LLM import run_state
 from step3_RL_finetune_LLM.ppo import actor_loss, critic_loss, whiten
+from step3_RL_finetune_LLM.ptx import PtxBatches, load_ptx_batches, ptx_loss
 from step3_RL_finetune_LLM.rlhf_engine import Engines, build_engines, check_inputs
 from utils import args as flags
 from utils import dist
@@ -68,13 +69,14 @@ def warn_if_alignment_vanishes(args: argparse.Namespace) -> None:
 
 
 def ppo_update(engines: Engines, experience: Experience, args: argparse.Namespace,
-               update_actor: bool = True) -> dict[str, float]:
-    """``ppo_epochs`` passes of clipped actor and critic updates over minibatches of the experience."""
+               update_actor: bool = True, ptx: PtxBatches | None = None, ptx_start: int = 0) -> dict[str, float]:
+    """``ppo_epochs`` passes of clipped actor and critic updates over minibatches of the experience; with
+    ``ptx``, each actor update adds the PPO-ptx loss of one batch (batches ``ptx_start`` on)."""
     engines.actor.train()
     engines.critic.train()
     advantages = whiten(experience.advantages, experience.mask) if args.whiten_advantages else experience.advantages
     size, step = experience.sequences.shape[0], args.per_device_training_batch_size
-    losses = {"actor_loss": 0.0, "critic_loss": 0.0}
+    losses = {"actor_loss": 0.0, "critic_loss": 0.0, **({"unsup_loss": 0.0} if ptx is not None else {})}
     count = 0
     for _ in range(args.ppo_epochs):
         for start in range(0, size, step):
@@ -83,9 +85,13 @@ def ppo_update(engines: Engines, experience: Experience, args: argparse.Namespac
             if update_actor:
                 log_probs = response_log_probs(engines.actor, seq, am, experience.prompt_width)
                 loss = actor_loss(log_probs, experience.log_probs[rows], advantages[rows], mask, args.cliprange)
+                losses["actor_loss"] += loss.item()
+                if ptx is not None:  # InstructGPT's objective: one update of the PPO loss + coef x the LM loss
+                    lm_loss = ptx_loss(engines.actor, ptx.batch(ptx_start + count, engines.actor.device))
+                    losses["unsup_loss"] += lm_loss.item()
+                    loss = loss + args.unsup_coef * lm_loss
                 engines.actor.backward(loss)
                 engines.actor.step()
-                losses["actor_loss"] += loss.item()
             values = response_values(engines.critic, seq, am, experience.prompt_width).float()
             vloss = critic_loss(values, experience.values[rows], experience.returns[rows], mask, args.cliprange_value)
             engines.critic.backward(vloss)
@@ -142,12 +148,14 @@ def _train(args: argparse.Namespace) -> dict:
     fingerprint = data_fingerprint(args, tokenizer, step="step3", phase=PHASE, columns=required,
                                    max_len=args.max_prompt_seq_len)
     prompts = cached_dataset(args.data_output_path, fingerprint, tokenized)
+    ptx = load_ptx_batches(args, tokenizer)
     has_golds = "answers" in prompts.column_names
     loader = make_loader(prompts, args.per_device_generation_batch_size, list, True, args.seed)
     steps_per_epoch = len(loader)
     total_steps = args.max_steps or steps_per_epoch * args.num_train_epochs
     check_actor_trains(args, total_steps, steps_per_epoch)
-    updates = total_steps * args.ppo_epochs * -(-args.per_device_generation_batch_size // args.per_device_training_batch_size)
+    minibatches = args.ppo_epochs * -(-args.per_device_generation_batch_size // args.per_device_training_batch_size)
+    updates = total_steps * minibatches
     engines = build_engines(args, tokenizer, updates // args.gradient_accumulation_steps)
     generation = GenerationSettings(max_new_tokens=args.max_answer_seq_len, do_sample=not args.greedy_rollouts,
                                     temperature=args.temperature, top_p=args.top_p)
@@ -181,8 +189,10 @@ def _train(args: argparse.Namespace) -> dict:
             if len(buffer) < args.generation_batches and step < total_steps:
                 continue
             update_actor = step > args.freezing_actor_steps
+            first = step - len(buffer)  # experiences are numbered from 0 over the run: resumable ptx batches
             with timer("training"):
-                losses = [ppo_update(engines, experience, args, update_actor) for experience in buffer]
+                losses = [ppo_update(engines, experience, args, update_actor, ptx, (first + i) * minibatches)
+                          for i, experience in enumerate(buffer)]
             seconds = state["seconds"] + time.time() - start  # a resumed run counts the earlier runs' time
             row = _record(buffer, losses, step, epoch, seconds)
             buffer = []

@@ -194,6 +194,12 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
                    help="Train only the critic for the first N steps (OpenRLHF's flag): a critic initialised "
                         "from the reward model starts far from the returns, and its errors swamp the advantages.")
     t.add_argument("--kl_ctl", type=_non_negative_float, default=0.1, help="Per-token KL penalty to the reference.")
+    t.add_argument("--unsupervised_dataset_name", nargs="+", default=None,
+                   help="PPO-ptx (InstructGPT; DeepSpeed-Chat's flag): data in step 1's columns (prompt, response; the "
+                        "forms --data_path takes), whose language-modelling loss, times --unsup_coef, is added to each "
+                        "PPO minibatch loss of the actor, to keep what SFT taught on prompts PPO does not train on.")
+    t.add_argument("--unsup_coef", type=_non_negative_float, default=27.8,
+                   help="Weight of the PPO-ptx loss (DeepSpeed-Chat's default, set for pretraining text).")
     t.add_argument("--clip_reward_value", type=_positive(float), default=5.0)
     t.add_argument("--cliprange", type=_positive(float), default=0.2)
     t.add_argument("--cliprange_value", type=_positive(float), default=0.2)

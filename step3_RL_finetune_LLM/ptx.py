@@ -1,0 +1,62 @@
+"""PPO-ptx (InstructGPT; DeepSpeed-Chat's ``--unsupervised_dataset_name`` / ``--unsup_coef``): the actor's
+language-modelling loss on step-1-format rows, one batch added to each of its PPO minibatch losses
+(InstructGPT's combined objective; DeepSpeed-Chat takes a separate optimizer step instead).
+
+PPO moves the actor towards what is rewarded on *its* prompts; on the toy world that also moves answers to
+questions it never trains on (held-out countries lose accuracy). Mixing in the SFT loss holds what SFT
+taught.
+
+Batches are a pure function of their index (a seeded permutation per epoch, each rank its share), so a
+resumed run draws exactly the batches the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+import numpy as np
+import torch
+
+from utils import dist
+from utils.data import collate_sft, load_phase_data, sft_features
+
+COLUMNS = ("prompt", "response")
+ALL_ROWS = (1.0, 0.0, 0.0)  # --data_split weights: every row of the unsupervised data goes to this use
+
+
+class PtxBatches:
+    """The k-th batch of this rank's share of a tokenised SFT dataset, for any k (epochs wrap around)."""
+
+    def __init__(self, dataset, batch_size: int, pad_id: int, seed: int):
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.collate = partial(collate_sft, pad_id=pad_id)
+        self.per_batch = batch_size * dist.world_size()  # rows of one batch over all ranks
+        self.batches_per_epoch = max(1, -(-len(dataset) // self.per_batch))
+
+    def rows(self, k: int) -> list[int]:
+        """Dataset indices of this rank's k-th batch (the epoch's last batch wraps to its first rows)."""
+        epoch, index = divmod(k, self.batches_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+        start = index * self.per_batch + dist.rank() * self.batch_size
+        return [int(order[i % len(order)]) for i in range(start, start + self.batch_size)]
+
+    def batch(self, k: int, device: torch.device) -> dict[str, torch.Tensor]:
+        features = [self.dataset[i] for i in self.rows(k)]
+        return {key: value.to(device) for key, value in self.collate(features).items()}
+
+
+def load_ptx_batches(args: argparse.Namespace, tokenizer) -> PtxBatches | None:
+    """The ``--unsupervised_dataset_name`` rows, checked and tokenised at start (before any model loads);
+    ``None`` without the flag."""
+    if not args.unsupervised_dataset_name:
+        return None
+    rows, _ = load_phase_data(args.unsupervised_dataset_name, ALL_ROWS, 0, COLUMNS, args.seed, args.data_output_path)
+    max_len = args.max_prompt_seq_len + args.max_answer_seq_len
+    tokenised = rows.map(lambda row: sft_features(tokenizer, row["prompt"], row["response"], max_len),
+                         remove_columns=list(COLUMNS))
+    return PtxBatches(tokenised, args.per_device_training_batch_size, tokenizer.pad_token_id, args.seed)
+
+
+def ptx_loss(actor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The actor's LM loss on the batch's response tokens (the prompt's labels are ignored)."""
+    return actor(**batch, use_cache=False).loss

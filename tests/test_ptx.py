@@ -1,0 +1,66 @@
+"""PPO-ptx (--unsupervised_dataset_name / --unsup_coef): resumable batches, the loss reaching the actor's
+update, and its data checked before any engine is built."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from step3_RL_finetune_LLM.ptx import PtxBatches
+from tests.test_run_state import _forbid_engines, _ppo, tiny_model  # noqa: F401  (a fixture)
+from utils import dist
+from utils.data import DataError
+
+
+class _Rows(list):
+    """A dataset stand-in: rows of SFT features whose ids name the row."""
+
+
+def _dataset(n: int) -> _Rows:
+    return _Rows({"input_ids": [i + 1, i + 2], "labels": [-100, i + 2]} for i in range(n))
+
+
+def test_ptx_batches_are_a_function_of_their_index_and_cover_each_epoch(monkeypatch):
+    batches = PtxBatches(_dataset(12), batch_size=2, pad_id=0, seed=5)
+    assert batches.batches_per_epoch == 6
+    epoch = [i for k in range(6) for i in batches.rows(k)]
+    assert sorted(epoch) == list(range(12))  # every row once per epoch
+    assert [batches.rows(k) for k in range(6)] == [PtxBatches(_dataset(12), 2, 0, 5).rows(k) for k in range(6)]
+    assert [i for k in range(6, 12) for i in batches.rows(k)] != epoch  # the next epoch is shuffled anew
+    batch = batches.batch(3, torch.device("cpu"))
+    assert batch["input_ids"][:, 0].tolist() == [i + 1 for i in batches.rows(3)]
+
+
+def test_ranks_draw_disjoint_shares(monkeypatch):
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "rank", lambda rank=rank: rank)
+        batches = PtxBatches(_dataset(8), batch_size=2, pad_id=0, seed=0)
+        shares.append([i for k in range(batches.batches_per_epoch) for i in batches.rows(k)])
+    assert not set(shares[0]) & set(shares[1]) and sorted(shares[0] + shares[1]) == list(range(8))
+
+
+@pytest.mark.slow
+def test_the_lm_loss_reaches_the_actors_update(toy_world_dir, tiny_model, tmp_path):  # noqa: F811
+    common = ("--alpha", "0", "--max_steps", "2", "--seed", "3")
+    _ppo(toy_world_dir, tiny_model, tmp_path / "plain", *common)
+    _ppo(toy_world_dir, tiny_model, tmp_path / "ptx", *common, "--unsupervised_dataset_name",
+         str(toy_world_dir / "step1_sft"), "--unsup_coef", "1.0")
+    log = [json.loads(line) for line in (tmp_path / "ptx/train_log.jsonl").read_text().splitlines()]
+    assert all(row["unsup_loss"] > 0 for row in log)
+    assert "unsup_loss" not in json.loads((tmp_path / "plain/train_log.jsonl").read_text().splitlines()[0])
+    plain = load_file(tmp_path / "plain/actor/model.safetensors")
+    ptx = load_file(tmp_path / "ptx/actor/model.safetensors")
+    assert any(not torch.equal(plain[k], ptx[k]) for k in plain)
+
+
+def test_unsupervised_data_is_checked_before_the_engines(toy_world_dir, tiny_model, tmp_path, monkeypatch):  # noqa: F811
+    bad = tmp_path / "ptx.jsonl"
+    bad.write_text(json.dumps({"prompt": "q", "response": "a"}) + "\n" + json.dumps({"prompt": "q"}) + "\n")
+    _forbid_engines(monkeypatch)
+    with pytest.raises(DataError, match=rf"{bad}:2: missing key 'response'"):
+        _ppo(toy_world_dir, tiny_model, tmp_path / "out", "--max_steps", "1", "--unsupervised_dataset_name", str(bad))
