@@ -45,6 +45,7 @@ class Variant:
 BEST = ("--alpha", "32", "--alignment_on_confidence_tokens")
 BRIER = ("--confidence_scoring_rule", "brier", "--confidence_scoring_weight", "8")
 WORST = ("--missing_confidence_policy", "worst")
+CENTER = ("--center_confidence_terms",)
 PTX = ("--unsupervised_dataset_name", "{data}/step1_sft", "--unsup_coef", "1")  # {data}: the seed's world
 VARIANTS = (
     Variant("ppo_alpha0", ("--alpha", "0"), "plain RLHF (α = 0), same budget"),
@@ -79,6 +80,13 @@ VARIANTS = (
     Variant("log_a4", ("--alpha", "4", "--alignment_on_confidence_tokens", "--confidence_scoring_rule", "log",
                        "--confidence_scoring_weight", "2", *WORST),
             "α = 4 + log score (weight 2): unbounded at 0 and 1, so R_A cannot push levels to the extremes"),
+    # the confidence terms bypass the critic: their mean over the batch as baseline, then Brier strong enough that
+    # R_A's stretch of the levels (α / 2w around the batch accuracy) shrinks: 0.5 at w = 32, 0.25 at w = 64
+    Variant("centered", (*BEST, *CENTER), "best, confidence terms centred over the batch (their baseline)"),
+    Variant("brier_w32", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier", "--confidence_scoring_weight",
+                          "32"), "best, centred, + Brier (weight 32), a missing confidence scored at its worst"),
+    Variant("brier_w64", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier", "--confidence_scoring_weight",
+                          "64"), "the same with Brier weight 64"),
     # Accuracy kept (issue 11): PPO-ptx, the SFT loss on step 1's data mixed into each actor update
     Variant("ptx_alpha0", ("--alpha", "0", *PTX), "plain RLHF + PPO-ptx (SFT loss on step 1's data, weight 1)"),
 )

@@ -40,6 +40,7 @@ class RewardSettings:
     scoring_weight: float = 0.0
     alignment_on_confidence_tokens: bool = False  # beyond the paper: confidence terms → confidence tokens only
     missing_policy: str = "fixed"  # "fixed": missing_confidence in every term; "worst": each term's minimum
+    center_confidence_terms: bool = False  # subtract their mean over the scope: the baseline the critic never gives
 
 
 @dataclass
@@ -113,6 +114,8 @@ def scoped_dual_reward(quality: torch.Tensor, confidence: torch.Tensor, settings
         score = (worst_case_confidence_score(confidence, target, stated, settings.scoring_rule) if worst
                  else confidence_score(confidence, target, settings.scoring_rule))
         confidence_terms = confidence_terms + settings.scoring_weight * score
+    if settings.center_confidence_terms:
+        confidence_terms = confidence_terms - _scope_mean(confidence_terms, settings.scope)
     spearman = np.nan
     if scope_q.unique().numel() > 1 and scope_c.unique().numel() > 1:
         spearman = stats.spearmanr(scope_q.cpu().numpy(), scope_c.cpu().numpy()).statistic
@@ -136,6 +139,14 @@ def on_confidence_tokens(confidence_terms: torch.Tensor, cuts: Sequence[int], ma
     starts = torch.minimum(torch.tensor(list(cuts), device=mask.device), last_token_index(mask))
     positions = torch.arange(mask.shape[1], device=mask.device)
     return confidence_terms[:, None] * (positions[None, :] >= starts[:, None]).float() * mask
+
+
+def _scope_mean(values: torch.Tensor, scope: str) -> torch.Tensor:
+    """Mean over the rollouts in scope: all ranks' (``"global"``) or this rank's."""
+    if scope != "global":
+        return values.mean()
+    totals = dist.all_reduce_sum(torch.stack([values.sum(), torch.tensor(float(values.numel()), device=values.device)]))
+    return totals[0] / totals[1]
 
 
 class ExperienceMaker:

@@ -56,7 +56,8 @@ def reward_settings(args: argparse.Namespace) -> RewardSettings:
                           lam=args.lam, scoring_rule=args.confidence_scoring_rule,
                           scoring_weight=args.confidence_scoring_weight,
                           alignment_on_confidence_tokens=args.alignment_on_confidence_tokens,
-                          missing_policy=args.missing_confidence_policy)
+                          missing_policy=args.missing_confidence_policy,
+                          center_confidence_terms=args.center_confidence_terms)
 
 
 def warn_if_alignment_vanishes(args: argparse.Namespace) -> None:

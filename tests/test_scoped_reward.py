@@ -122,27 +122,37 @@ def test_reward_model_inputs_end_on_eos_whatever_stop_token_ended_the_rollout():
 
 # ---------------------------------------------------------------- no escape through a missing confidence
 
-def _terms(quality, confidence, stated, policy, rule="brier", on_tokens=True):
+def _terms(quality, confidence, stated, policy, rule="brier", on_tokens=True, center=False):
     settings = RewardSettings(alpha=4.0, scope="device", reduction="mean", clip=5.0, quality="oracle",
                               score_with_confidence=False, missing_confidence=0.0, kl_ctl=0.1, gamma=1.0, lam=0.95,
                               scoring_rule=rule, scoring_weight=2.0, alignment_on_confidence_tokens=on_tokens,
-                              missing_policy=policy)
+                              missing_policy=policy, center_confidence_terms=center)
     out = scoped_dual_reward(torch.tensor(quality), torch.tensor(confidence), settings, torch.tensor(stated))
     return out["confidence_terms"] + (0.0 if on_tokens else out["total"])
 
 
 @pytest.mark.parametrize("rule", ["none", "brier", "log"])
 @pytest.mark.parametrize("on_tokens", [True, False])
-def test_dropping_the_confidence_never_pays_under_the_worst_policy(rule, on_tokens):
+@pytest.mark.parametrize("center", [False, True])
+def test_dropping_the_confidence_never_pays_under_the_worst_policy(rule, on_tokens, center):
     quality = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
     confidence = [0.9, 0.2, 0.4, 0.6, 0.1, 0.7]
     for i in range(len(quality)):
         stated = [j != i for j in range(len(quality))]
-        silent = _terms(quality, confidence, stated, "worst", rule, on_tokens)[i]
+        silent = _terms(quality, confidence, stated, "worst", rule, on_tokens, center)[i]
         for c in torch.linspace(0, 1, 11).tolist():
             spoken = confidence.copy()
             spoken[i] = c
-            assert silent <= _terms(quality, spoken, [True] * len(quality), "worst", rule, on_tokens)[i] + 1e-6
+            assert silent <= _terms(quality, spoken, [True] * len(quality), "worst", rule, on_tokens, center)[i] + 1e-6
+
+
+@pytest.mark.parametrize("rule", ["none", "brier"])
+def test_centered_confidence_terms_have_zero_mean_and_keep_their_differences(rule):
+    quality, confidence = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0], [0.9, 0.2, 0.4, 0.6, 0.1, 0.7]
+    raw = _terms(quality, confidence, [True] * 6, "worst", rule)
+    centered = _terms(quality, confidence, [True] * 6, "worst", rule, center=True)
+    assert abs(centered.mean().item()) < 1e-6 and raw.mean().abs() > 1e-3
+    assert torch.allclose(centered - centered[0], raw - raw[0], atol=1e-6)
 
 
 def test_the_fixed_policy_lets_a_wrong_answer_escape_the_brier_term():

@@ -239,6 +239,10 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
                         "confidence tokens only; the answer tokens see the quality reward alone.")
     r.add_argument("--missing_confidence", type=_unit_float, default=0.0,
                    help="Confidence used when a rollout states none (the authors: 1.0 in training).")
+    r.add_argument("--center_confidence_terms", action="store_true",
+                   help="Beyond the paper: subtract the confidence terms' mean over the rollouts in scope. Given to the "
+                        "confidence tokens (--alignment_on_confidence_tokens) they bypass the critic, so nothing else "
+                        "gives them a baseline: a scoring rule (always <= 0) would push down every stated confidence.")
     r.add_argument("--missing_confidence_policy", choices=list(MISSING_POLICIES), default="fixed",
                    help="Beyond the paper: 'worst' gives a rollout that states no (or a malformed) confidence, in R_A "
                         "and in the scoring rule, the worst value it could have stated, so dropping the tag never "
