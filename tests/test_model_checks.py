@@ -110,20 +110,18 @@ def test_hub_ids_pass_through():
 # --- the wrong kind of model ---------------------------------------------------------------------------------
 
 
-def test_reward_model_where_a_causal_lm_is_needed(models):
+@pytest.mark.parametrize("model, flag, producer, kind, expected", [
+    ("rm", "--actor_model_name_or_path", STEP1, CAUSAL_LM,
+     "is a reward model (LlamaForSequenceClassification), but this flag takes a causal LM: pass a folder written by "
+     f"{STEP1}"),
+    ("lm", "--reward_model_name_or_path", STEP2, REWARD_MODEL,
+     "is a causal LM (LlamaForCausalLM), but this flag takes a reward model (its score head would start random): "
+     f"pass a folder written by {STEP2}"),
+])
+def test_the_wrong_kind_of_model_for_the_flag(models, model, flag, producer, kind, expected):
     with pytest.raises(UserError) as info:
-        require_checkpoint(models["rm"], "--actor_model_name_or_path", STEP1, kind=CAUSAL_LM)
-    assert str(info.value) == (
-        f"--actor_model_name_or_path {models['rm']}: is a reward model (LlamaForSequenceClassification), but this "
-        f"flag takes a causal LM: pass a folder written by {STEP1}")
-
-
-def test_causal_lm_where_a_reward_model_is_needed(models):
-    with pytest.raises(UserError) as info:
-        require_checkpoint(models["lm"], "--reward_model_name_or_path", STEP2, kind=REWARD_MODEL)
-    assert str(info.value) == (
-        f"--reward_model_name_or_path {models['lm']}: is a causal LM (LlamaForCausalLM), but this flag takes a "
-        f"reward model (its score head would start random): pass a folder written by {STEP2}")
+        require_checkpoint(models[model], flag, producer, kind=kind)
+    assert str(info.value) == f"{flag} {models[model]}: {expected}"
 
 
 def test_a_config_without_architectures_passes(tmp_path):
