@@ -73,6 +73,10 @@ def _table(out: Path, seeds: list[int], variants: tuple[Variant, ...]) -> tuple[
     return table, lines
 
 
+def _evaluated(out: Path, seed: int, variant: str) -> bool:
+    return (out / f"seed{seed}/results/{variant}/toy/zero_shot/summary.json").is_file()
+
+
 def write_report(out: Path, seeds: list[int], untuned: list[int], variants: tuple[Variant, ...], path: Path) -> Path:
     table, lines = _table(out, seeds, variants)
     text = ["# Calibrated, not only ordered: confidence levels against accuracy (toy world)", "",
@@ -90,9 +94,13 @@ def write_report(out: Path, seeds: list[int], untuned: list[int], variants: tupl
         met = targets_met(table, v.name)
         text.append(f"- `{v.name}`: " + "; ".join(f"{k}: {'met' if ok else '**not met**'}" for k, ok in met.items()))
     for seed in untuned:
-        untuned_table, untuned_lines = _table(out, [seed], variants)
+        done = tuple(v for v in variants if _evaluated(out, seed, v.name))
+        untuned_table, untuned_lines = _table(out, [seed], done)
+        missing = [v.name for v in variants if v not in done]
         text += ["", f"## Seed {seed}, not tuned on", "", *untuned_lines, ""]
-        for v in variants:
+        if missing:
+            text += [f"Not yet run on this seed: {', '.join(missing)}.", ""]
+        for v in done:
             if v.name != "ppo_alpha0":
                 met = targets_met(untuned_table, v.name)
                 text.append(f"- `{v.name}`: {sum(met.values())}/{len(met)} targets met"

@@ -89,6 +89,9 @@ VARIANTS = (
                           "64"), "the same with Brier weight 64"),
     # Accuracy kept (issue 11): PPO-ptx, the SFT loss on step 1's data mixed into each actor update
     Variant("ptx_alpha0", ("--alpha", "0", *PTX), "plain RLHF + PPO-ptx (SFT loss on step 1's data, weight 1)"),
+    Variant("ptx_centered", (*BEST, *CENTER, *PTX), "centered + PPO-ptx"),
+    Variant("ptx_brier_w32", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
+                              "--confidence_scoring_weight", "32", *PTX), "brier_w32 + PPO-ptx"),
 )
 SFT_METHODS = ("zero_shot", "vanilla", "topk", "cot")
 METRICS = ("accuracy", "ece", "auroc", "auroc_stated", "pearson", "spearman", "brier", "parse_failure_rate")

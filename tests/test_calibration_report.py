@@ -65,3 +65,13 @@ def test_report_keeps_the_untuned_seed_apart(runs: Path, tmp_path: Path):
 def test_ppo_alpha0_is_required(runs: Path, tmp_path: Path):
     with pytest.raises(SystemExit):
         report.main(["--out", str(runs), "--variants", "brier_a4", "--report", str(tmp_path / "r.md")])
+
+
+def test_an_untuned_seed_lists_the_variants_not_yet_run_there(runs: Path, tmp_path: Path):
+    import shutil
+
+    shutil.rmtree(runs / "seed7/results/brier_only")
+    variants = tuple(v for v in VARIANTS if v.name in ("ppo_alpha0", "brier_a4", "brier_only"))
+    text = report.write_report(runs, [1, 2], [7], variants, tmp_path / "r.md").read_text()
+    assert "Not yet run on this seed: brier_only." in text
+    assert "| brier_only |" in text.split("## Seed 7")[0] and "| brier_only |" not in text.split("## Seed 7")[1]

@@ -18,7 +18,7 @@ def test_quick_ablation_shows_the_direction_and_writes_the_report(tmp_path: Path
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "experiments.toy_ablation", "--quick", "--assert_direction", "--jobs", "2",
                              "--out", str(tmp_path / "runs"), "--report", str(report)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = report.read_text()
     assert "direction check passed" in result.stdout
