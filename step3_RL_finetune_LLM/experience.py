@@ -13,8 +13,8 @@ from scipy import stats
 from step3_RL_finetune_LLM.ppo import gae, gather_log_probs, last_token_index, token_rewards
 from utils import dist
 from utils.answer_match import exact_match
-from utils.confidence import (ParsedConfidence, confidence_cut_index, extract_answer, parse_confidence,
-                              parse_failure_rate, resolve_confidence)
+from utils.confidence import (ParsedConfidence, answer_line_end_index, confidence_cut_index, extract_answer,
+                              parse_confidence, parse_failure_rate, resolve_confidence)
 from utils.data import pad_batch
 from utils.generation import GenerationSettings, generate, response_ids, stop_token_ids
 from utils.lora import lora_fused
@@ -133,12 +133,21 @@ def scoped_dual_reward(quality: torch.Tensor, confidence: torch.Tensor, settings
 
 def on_confidence_tokens(confidence_terms: torch.Tensor, cuts: Sequence[int], mask: torch.Tensor) -> torch.Tensor:
     """Each rollout's confidence terms as an advantage on its confidence tokens (response positions from
-    its cut on), shape (batch, response_len). A rollout that states no confidence (cut past its end) gets
-    them on its last token, where it chose to stop without one: else they would reach no token at all and
-    silence would escape them."""
+    its cut on), shape (batch, response_len). A cut past the response's end (a one-line rollout that
+    stopped without a confidence) falls on its last token, where it chose to stop: else the terms would
+    reach no token at all and silence would escape them."""
     starts = torch.minimum(torch.tensor(list(cuts), device=mask.device), last_token_index(mask))
     positions = torch.arange(mask.shape[1], device=mask.device)
     return confidence_terms[:, None] * (positions[None, :] >= starts[:, None]).float() * mask
+
+
+def confidence_term_starts(responses: Sequence[Sequence[int]], parsed: Sequence[ParsedConfidence],
+                           cuts: Sequence[int], tokenizer) -> list[int]:
+    """Where each rollout's confidence terms start: its confidence tag (``cuts``), or, for a rollout with
+    no tag, the end of its answer line, where it left the format (``" black\\n4"``): the penalty of a
+    missing confidence then falls on the tokens that dropped the tag, not on its final EOS."""
+    return [answer_line_end_index(r, tokenizer) if p.status == "missing" else cut
+            for r, p, cut in zip(responses, parsed, cuts)]
 
 
 def _scope_mean(values: torch.Tensor, scope: str) -> torch.Tensor:
@@ -205,7 +214,8 @@ class ExperienceMaker:
         rewards, kl = token_rewards(log_probs, ref_log_probs, reward["total"].to(device), mask, self.settings.kl_ctl)
         advantages, returns = gae(rewards, values, mask, self.settings.gamma, self.settings.lam)
         if self.settings.alignment_on_confidence_tokens:
-            advantages = advantages + on_confidence_tokens(reward["confidence_terms"].to(device), cuts, mask)
+            starts = confidence_term_starts(responses, parsed, cuts, self.tokenizer)
+            advantages = advantages + on_confidence_tokens(reward["confidence_terms"].to(device), starts, mask)
         experience = Experience(sequences, attention_mask, width, mask, log_probs, values, advantages, returns)
         experience.stats = self._stats(quality, confidence, parsed, correct, reward, kl, mask)
         return experience

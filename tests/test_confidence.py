@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from utils.confidence import (MISSING_CONFIDENCE, ParsedConfidence, confidence_cut_index, count_statuses,
-                              extract_answer, parse_confidence, parse_failure_rate, resolve_confidence)
+from utils.confidence import (MISSING_CONFIDENCE, ParsedConfidence, answer_line_end_index, confidence_cut_index,
+                              count_statuses, extract_answer, parse_confidence, parse_failure_rate,
+                              resolve_confidence)
 
 
 @pytest.mark.parametrize("text, value, status", [
@@ -99,6 +100,21 @@ def test_cut_index_without_tag_keeps_everything(toy_tokenizer):
     assert confidence_cut_index(ids, toy_tokenizer) == len(ids)
     ids = toy_tokenizer(" red", add_special_tokens=False)["input_ids"]
     assert confidence_cut_index(ids, toy_tokenizer) == len(ids)
+
+
+@pytest.mark.parametrize("answer, rest", [(" black", "\n4</s>"), (" black", "\n\n### Answer: red</s>"),
+                                          ("\n black", "\nConfidence 0.4</s>")])
+def test_answer_line_end_is_where_a_tagless_response_leaves_the_format(toy_tokenizer, answer, rest):
+    ids = toy_tokenizer(answer + rest, add_special_tokens=False)["input_ids"]
+    end = answer_line_end_index(ids, toy_tokenizer)
+    assert toy_tokenizer.decode(ids[:end]) == answer
+    assert toy_tokenizer.decode(ids[:end - 1]) != answer
+
+
+def test_answer_line_end_of_a_one_line_response_is_its_length(toy_tokenizer):
+    for text in (" red</s>", " red", ""):
+        ids = toy_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert answer_line_end_index(ids, toy_tokenizer) == len(ids)
 
 
 def test_cut_index_empty_answer(toy_tokenizer):

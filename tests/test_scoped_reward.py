@@ -176,6 +176,28 @@ def test_confidence_terms_reach_the_last_token_of_a_rollout_without_confidence()
     assert added.tolist() == [[0, 0, 2, 2, 0], [0, 0, -3, 0, 0]]
 
 
+def test_a_tagless_rollout_is_penalised_where_it_dropped_the_tag_not_on_its_answer(toy_tokenizer):
+    """" black\n4" (the seed-7 collapse): the terms fall on the tokens of "\n4</s>", never on " black";
+    a tagged rollout keeps them on its confidence span, a one-line silent rollout on its last token."""
+    from step3_RL_finetune_LLM.experience import confidence_term_starts, on_confidence_tokens
+    from utils.confidence import confidence_cut_index, parse_confidence
+
+    texts = [" black\n### Confidence: 0.4</s>", " black\n4</s>", " black</s>"]
+    responses = [toy_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    parsed = [parse_confidence(t) for t in texts]
+    cuts = [confidence_cut_index(r, toy_tokenizer) for r in responses]
+    starts = confidence_term_starts(responses, parsed, cuts, toy_tokenizer)
+    width = max(map(len, responses))
+    mask = torch.tensor([[1.0] * len(r) + [0.0] * (width - len(r)) for r in responses])
+    added = on_confidence_tokens(torch.tensor([1.0, -1.0, -1.0]), starts, mask)
+    for row, response in zip(added, responses):
+        hit = [i for i, v in enumerate(row.tolist()) if v != 0]
+        assert toy_tokenizer.decode(response[:hit[0]]) == " black"
+    assert toy_tokenizer.decode(responses[0][starts[0]:]).startswith("\n### Confidence")
+    assert toy_tokenizer.decode(responses[1][starts[1]:]) == "\n4</s>"
+    assert starts[2] == len(responses[2]) and added[2].nonzero().flatten().tolist() == [len(responses[2]) - 1]
+
+
 def test_the_policy_flag_reaches_the_reward_settings():
     from step3_RL_finetune_LLM.trainer import build_parser, reward_settings
 

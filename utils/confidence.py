@@ -75,8 +75,7 @@ def confidence_cut_index(token_ids: Sequence[int], tokenizer) -> int:
     """Number of leading response tokens that belong to the answer (the confidence span removed).
 
     Works on token ids for any tokenizer: the character where the confidence tag starts is found in
-    the decoded text, then the shortest token prefix that decodes to the whole answer is kept (binary
-    search over prefix lengths, since a prefix's decoded length grows with its length), so the
+    the decoded text, then the shortest token prefix that decodes to the whole answer is kept, so the
     whitespace before the tag goes too. Without a tag, every token is kept.
     """
     ids = list(token_ids)
@@ -84,11 +83,28 @@ def confidence_cut_index(token_ids: Sequence[int], tokenizer) -> int:
     tag = _TAG_RE.search(text)
     if tag is None:
         return len(ids)
-    answer_chars = len(text[: tag.start()].rstrip())
+    return _shortest_prefix_covering(ids, tokenizer, len(text[: tag.start()].rstrip()))
+
+
+def answer_line_end_index(token_ids: Sequence[int], tokenizer) -> int:
+    """Number of leading tokens up to the end of the response's first non-blank line: where a response
+    without a confidence tag left the format (``" black\n4"``: the tokens of ``"\n4"`` come after it).
+    A one-line response gives its length (it stopped where the tag should have begun)."""
+    ids = list(token_ids)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    newline = text.find("\n", len(text) - len(text.lstrip()))
+    if newline < 0:
+        return len(ids)
+    return _shortest_prefix_covering(ids, tokenizer, len(text[:newline].rstrip()))
+
+
+def _shortest_prefix_covering(ids: list[int], tokenizer, chars: int) -> int:
+    """The fewest leading tokens whose decoded text, right-stripped, has at least ``chars`` characters
+    (binary search: a prefix's decoded length grows with its length)."""
     low, high = 0, len(ids)
     while low < high:
         mid = (low + high) // 2
-        if len(tokenizer.decode(ids[:mid], skip_special_tokens=True).rstrip()) >= answer_chars:
+        if len(tokenizer.decode(ids[:mid], skip_special_tokens=True).rstrip()) >= chars:
             high = mid
         else:
             low = mid + 1
