@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-STEPS = ("model", "step1", "step2", "step3", "step4")
+STEPS = ("model", "step1", "step2", "step3", "step3_calibrated", "step4")
 # table columns: (header, key in the step's JSON line or in the runner's record)
 COLUMNS = (("step", None), ("status", None), ("wall_s", None), ("steps", "steps"),
            ("s/step", "seconds_per_step"), ("gen_s", "seconds_generation"),
@@ -172,7 +172,7 @@ def read_record(smoke_dir: Path, step: str) -> dict:
         return record
     fields = dict(part.split("=", 1) for part in status_file.read_text().split() if "=" in part)
     text = log.read_text(errors="replace") if log.is_file() else ""
-    summary = step_json(text, step) or {}
+    summary = step_json(text, step.split("_", 1)[0]) or {}  # step3_calibrated logs as step3
     record["json"] = summary
     record["wall_s"] = float(fields["wall"]) if "wall" in fields else None
     if fields.get("skipped"):

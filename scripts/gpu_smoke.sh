@@ -12,7 +12,8 @@
 #      deepspeed launcher, NCCL on a GPU, gloo on CPU) and their real flags (ZeRO-3, LoRA, bf16, gradient
 #      checkpointing, offload, reference offload, ...), scaled down only in steps, examples and lengths
 #      by extra flags, on the toy world's data; step 4 on a TruthfulQA CSV and an NQ-open JSONL
-#      (../shared/data's when present, else files built from the toy world's questions);
+#      (../shared/data's when present, else files built from the toy world's questions); step 3 runs twice:
+#      as the paper has it, and as step3_calibrated with the calibrated form's flags (README) added;
 #   3. prints one row per step: status (ok / FAILED with the last error line), wall seconds, seconds per
 #      optimizer step (steps 1-2) or per PPO step split into generation / experience / training (step 3),
 #      peak GPU memory, and the path of each step's full log. Exit status 1 if any step did not pass.
@@ -166,6 +167,15 @@ run_step step3 "$(need "$OUT/step1" "$OUT/step2")" bash step3_RL_finetune_LLM/ru
   --max_steps 3 --per_device_generation_batch_size 8 --per_device_training_batch_size 4 \
   --max_prompt_seq_len 64 --max_answer_seq_len 32 --gradient_accumulation_steps 1 --quality_reward model \
   --max_train_examples 64 "${DTYPE_FLAGS[@]}"
+# the same with the calibrated form's flags (README, "Calibrated confidence levels"): R_A and Brier on the
+# confidence tokens, centred, a missing confidence scored at its worst, PPO-ptx on step 1's data
+run_step step3_calibrated "$(need "$OUT/step1" "$OUT/step2")" bash step3_RL_finetune_LLM/run_step3.sh \
+  --max_steps 3 --per_device_generation_batch_size 8 --per_device_training_batch_size 4 \
+  --max_prompt_seq_len 64 --max_answer_seq_len 32 --gradient_accumulation_steps 1 --quality_reward model \
+  --max_train_examples 64 "${DTYPE_FLAGS[@]}" --output_dir "$OUT/step3_calibrated" \
+  --alignment_on_confidence_tokens --alpha 32 --center_confidence_terms --missing_confidence_policy worst \
+  --confidence_scoring_rule brier --confidence_scoring_weight 32 \
+  --unsupervised_dataset_name "$WORLD/step1_sft" --unsup_coef 1
 
 # ------------------------------------------------------------------------------------------ step 4
 SHARED="$ROOT/../shared/data"
@@ -199,7 +209,7 @@ CONQORD_CHECKPOINTS="${CHECKPOINTS% }" run_step step4 "$missing4" bash step4_eva
 echo
 python scripts/gpu_smoke.py table --smoke_dir "$SMOKE"
 rc=$?
-for name in model step1 step2 step3 step4; do
+for name in model step1 step2 step3 step3_calibrated step4; do
   status="$SMOKE/logs/$name.status"
   if [ -f "$status" ] && ! grep -q '^rc=0 ' "$status" && [ -f "$SMOKE/logs/$name.log" ]; then
     echo

@@ -7,6 +7,7 @@ builds, and the early refusals when ``python`` or ``deepspeed`` is missing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_smoke.sh"
-STEPS = ("model", "step1", "step2", "step3", "step4")
+STEPS = ("model", "step1", "step2", "step3", "step3_calibrated", "step4")
 COLUMNS = ("step", "status", "wall_s", "steps", "s/step", "gen_s", "exp_s", "train_s", "peak_gpu_gib")
 sys.path.insert(0, str(ROOT / "scripts"))
 import gpu_smoke  # noqa: E402
@@ -60,7 +61,7 @@ def test_tiny_smoke_runs_every_step_with_the_paper_flags(tmp_path: Path):
         assert cells[1] == "ok", f"{step}: {cells}"
         assert float(cells[2]) > 0  # wall seconds
         assert f"{step} log: {smoke / 'logs' / f'{step}.log'}" in result.stdout
-    assert rows["step1"][3] == "4" and rows["step2"][3] == "4" and rows["step3"][3] == "3"
+    assert rows["step1"][3] == "4" and rows["step2"][3] == "4" and rows["step3"][3] == rows["step3_calibrated"][3] == "3"
     assert "deviation from the recipe: --dtype fp32" in result.stdout and "all steps ok" in result.stdout
 
     summary = json.loads((smoke / "summary.json").read_text())
@@ -72,8 +73,9 @@ def test_tiny_smoke_runs_every_step_with_the_paper_flags(tmp_path: Path):
         assert "peak_gpu_memory_gib" in record["json"], (step, record["json"])  # null on CPU
     for step in ("step1", "step2"):
         assert {"steps", "seconds", "seconds_per_step"} <= set(summary["steps"][step]["json"])
-    assert {"steps", "seconds_per_step", "seconds_generation", "seconds_experience",
-            "seconds_training"} <= set(summary["steps"]["step3"]["json"])
+    for step in ("step3", "step3_calibrated"):
+        assert {"steps", "seconds_per_step", "seconds_generation", "seconds_experience",
+                "seconds_training"} <= set(summary["steps"][step]["json"])
     assert "seconds" in summary["steps"]["step4"]["json"]
     assert summary["steps"]["model"]["json"]["parameters"] > 0
 
@@ -86,6 +88,14 @@ def test_tiny_smoke_runs_every_step_with_the_paper_flags(tmp_path: Path):
     step3 = json.loads((out / "step3/actor/training_args.json").read_text())
     assert step3["offload_reference_model"] and step3["actor_gradient_checkpointing"]
     assert (step3["actor_lora_dim"], step3["quality_reward"], step3["max_steps"]) == (64, "model", 3)
+    calibrated = json.loads((out / "step3_calibrated/actor/training_args.json").read_text())
+    assert {k: v for k, v in calibrated.items() if k != "result" and step3[k] != v} == {
+        "output_dir": str(out / "step3_calibrated"), "alignment_on_confidence_tokens": True, "alpha": 32.0,
+        "center_confidence_terms": True, "missing_confidence_policy": "worst", "confidence_scoring_rule": "brier",
+        "confidence_scoring_weight": 32.0, "unsupervised_dataset_name": [str(smoke / "world/step1_sft")],
+        "unsup_coef": 1.0}
+    log = [json.loads(line) for line in (out / "step3_calibrated/train_log.jsonl").read_text().splitlines()]
+    assert any(math.isfinite(row.get("unsup_loss", math.nan)) for row in log)  # PPO-ptx updated the actor
     assert (smoke / "results/results.csv").is_file()
     base = json.loads((smoke / "base/config.json").read_text())
     assert (base["hidden_size"], base["num_hidden_layers"], base["vocab_size"]) == (64, 2, 512)
