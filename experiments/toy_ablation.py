@@ -92,6 +92,16 @@ VARIANTS = (
     Variant("ptx_centered", (*BEST, *CENTER, *PTX), "centered + PPO-ptx"),
     Variant("ptx_brier_w32", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
                               "--confidence_scoring_weight", "32", *PTX), "brier_w32 + PPO-ptx"),
+    # the levels are learned slowly (spearman still rising at step 300): Brier's weight halved (R_A's stretch
+    # 1 instead of 0.5), and two PPO epochs per rollout batch (twice the updates from the same rollouts)
+    Variant("ptx_brier_w16", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
+                              "--confidence_scoring_weight", "16", *PTX), "ptx_brier_w32 with Brier weight 16"),
+    Variant("ptx_brier_w32_e2", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
+                                 "--confidence_scoring_weight", "32", *PTX, "--ppo_epochs", "2"),
+            "ptx_brier_w32 with 2 PPO epochs per rollout batch"),
+    Variant("ptx_brier_w16_e2", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
+                                 "--confidence_scoring_weight", "16", *PTX, "--ppo_epochs", "2"),
+            "ptx_brier_w16 with 2 PPO epochs per rollout batch"),
 )
 SFT_METHODS = ("zero_shot", "vanilla", "topk", "cot")
 METRICS = ("accuracy", "ece", "auroc", "auroc_stated", "pearson", "spearman", "brier", "parse_failure_rate")
