@@ -102,6 +102,14 @@ VARIANTS = (
     Variant("ptx_brier_w16_e2", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
                                  "--confidence_scoring_weight", "16", *PTX, "--ppo_epochs", "2"),
             "ptx_brier_w16 with 2 PPO epochs per rollout batch"),
+    # Brier reached first settles every confidence at the base rate, leaving R_A nothing to order (seed 7):
+    # its weight ramps in over the run, R_A teaches the order first
+    Variant("ptx_brier_ramp32", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
+                                 "--confidence_scoring_weight", "32", "--confidence_scoring_warmup_steps", "300",
+                                 *PTX), "ptx_brier_w32 with Brier's weight ramped from 0 over the 300 steps"),
+    Variant("ptx_brier_ramp64", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
+                                 "--confidence_scoring_weight", "64", "--confidence_scoring_warmup_steps", "300",
+                                 *PTX), "the same ramped to weight 64"),
 )
 SFT_METHODS = ("zero_shot", "vanilla", "topk", "cot")
 METRICS = ("accuracy", "ece", "auroc", "auroc_stated", "pearson", "spearman", "brier", "parse_failure_rate")

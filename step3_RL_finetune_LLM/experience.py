@@ -131,6 +131,13 @@ def scoped_dual_reward(quality: torch.Tensor, confidence: torch.Tensor, settings
             "spearman_quality_confidence": float(spearman)}
 
 
+def scoring_weight_at(step: int, weight: float, warmup_steps: int) -> float:
+    """The scoring rule's weight for the rollouts of PPO step ``step`` (0-based): ``weight`` times the share of
+    the warm-up done, full after ``warmup_steps`` (0: full from the start). A constant confidence at the base
+    rate is the scoring rule's quickest gain; reached first, it leaves R_A no spread of confidences to order."""
+    return weight if warmup_steps == 0 else weight * min(1.0, (step + 1) / warmup_steps)
+
+
 def on_confidence_tokens(confidence_terms: torch.Tensor, cuts: Sequence[int], mask: torch.Tensor) -> torch.Tensor:
     """Each rollout's confidence terms as an advantage on its confidence tokens (response positions from
     its cut on), shape (batch, response_len). A cut past the response's end (a one-line rollout that
@@ -239,6 +246,8 @@ class ExperienceMaker:
                   "align_scope_size": float(reward["scope_size"])}
         if correct is not None:
             stats_["accuracy"] = correct.mean().item()
+        if self.settings.scoring_rule != "none":
+            stats_["confidence_scoring_weight"] = self.settings.scoring_weight  # ramps with the warm-up
         if stats_["wrong_way_share"] > 0 and not self._warned_wrong_way:
             self._warned_wrong_way = True
             remedy = "lower --alpha" + (" or use --align_reward_reduction mean" if self.settings.reduction == "sum" else "")

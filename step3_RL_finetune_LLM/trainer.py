@@ -9,12 +9,13 @@ import argparse
 import json
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from step3_RL_finetune_LLM.experience import (Experience, ExperienceMaker, RewardSettings, response_log_probs,
-                                              response_values)
+                                              response_values, scoring_weight_at)
 from step3_RL_finetune_LLM import run_state
 from step3_RL_finetune_LLM.ppo import actor_loss, critic_loss, whiten
 from step3_RL_finetune_LLM.ptx import PtxBatches, load_ptx_batches, ptx_loss
@@ -161,7 +162,8 @@ def _train(args: argparse.Namespace) -> dict:
     generation = GenerationSettings(max_new_tokens=args.max_answer_seq_len, do_sample=not args.greedy_rollouts,
                                     temperature=args.temperature, top_p=args.top_p)
     timer = PhaseTimer()
-    maker = ExperienceMaker(engines, tokenizer, generation, reward_settings(args), timer)
+    settings = reward_settings(args)
+    maker = ExperienceMaker(engines, tokenizer, generation, settings, timer)
     if args.resume:
         run_state.load_resumable(engines, out, state["step"])
     logger = Logger(args.enable_tensorboard, args.tensorboard_path, "step3_ppo")
@@ -185,6 +187,8 @@ def _train(args: argparse.Namespace) -> dict:
                 continue  # consumed before the resumed checkpoint
             torch.manual_seed(args.seed + step * 1000 + dist.rank())  # resumable, rank-distinct sampling
             golds = [row["answers"] for row in batch] if has_golds else None
+            maker.settings = replace(settings, scoring_weight=scoring_weight_at(
+                step, args.confidence_scoring_weight, args.confidence_scoring_warmup_steps))
             buffer.append(maker.make([row["prompt_ids"] for row in batch], golds))
             step += 1
             if len(buffer) < args.generation_batches and step < total_steps:

@@ -115,9 +115,11 @@ def test_two_process_pipeline_gathers_alignment_reward(micro_world: Path):
     _step(2, env, "--max_steps", "3", "--per_device_train_batch_size", "8")
     _step(3, env, "--max_steps", "2", "--freezing_actor_steps", "0", "--per_device_generation_batch_size", "6",
           "--per_device_training_batch_size", "6",
-          "--log_interval", "1", "--alignment_on_confidence_tokens", "--confidence_scoring_rule", "brier")
+          "--log_interval", "1", "--alignment_on_confidence_tokens", "--confidence_scoring_rule", "brier",
+          "--confidence_scoring_weight", "8", "--confidence_scoring_warmup_steps", "4")
     log = _log(out / "step3/train_log.jsonl")
     assert [r["align_scope_size"] for r in log] == [12, 12]  # 2 ranks x 6 rollouts ordered together
+    assert [r["confidence_scoring_weight"] for r in log] == [2.0, 4.0]  # a quarter of the warm-up per step
     _assert_hf_folder(out / "step3/actor")
     result = _run(["bash", "step4_evaluation/run_step4.sh", "--bootstrap", "0"],
                   {**env, "CONQORD_RESULTS": str(micro_world / "results2")})

@@ -198,6 +198,13 @@ def test_a_tagless_rollout_is_penalised_where_it_dropped_the_tag_not_on_its_answ
     assert starts[2] == len(responses[2]) and added[2].nonzero().flatten().tolist() == [len(responses[2]) - 1]
 
 
+def test_the_scoring_weight_ramps_linearly_over_the_warm_up_then_stays():
+    from step3_RL_finetune_LLM.experience import scoring_weight_at
+
+    assert [scoring_weight_at(step, 32.0, 4) for step in range(6)] == [8.0, 16.0, 24.0, 32.0, 32.0, 32.0]
+    assert [scoring_weight_at(step, 32.0, 0) for step in (0, 1, 300)] == [32.0] * 3
+
+
 def test_the_policy_flag_reaches_the_reward_settings():
     from step3_RL_finetune_LLM.trainer import build_parser, reward_settings
 

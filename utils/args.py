@@ -234,6 +234,10 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
                    help="Beyond the paper: add a proper scoring rule of the stated confidence against the "
                         "quality (scaled to [0,1]) to anchor absolute levels.")
     r.add_argument("--confidence_scoring_weight", type=_non_negative_float, default=1.0)
+    r.add_argument("--confidence_scoring_warmup_steps", type=non_negative_int, default=0,
+                   help="Beyond the paper: the scoring rule's weight grows linearly from 0 to "
+                        "--confidence_scoring_weight over the first N PPO steps (0: full weight from the start), so "
+                        "R_A can teach the order before the scoring rule settles the levels.")
     r.add_argument("--alignment_on_confidence_tokens", action="store_true",
                    help="Beyond the paper: give the confidence terms (alpha*R_A, scoring rule) as advantage to the "
                         "confidence tokens only; the answer tokens see the quality reward alone.")
