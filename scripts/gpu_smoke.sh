@@ -163,16 +163,14 @@ SUPERVISED=(--max_steps 4 --max_seq_len 128 --gradient_accumulation_steps 1 --pe
             --max_train_examples 64 "${DTYPE_FLAGS[@]}")
 run_step step1 "$(need "$BASE")" bash step1_supervised_finetuning_LM/run_step1.sh "${SUPERVISED[@]}"
 run_step step2 "$(need "$BASE")" bash step2_reward_model/run_step2.sh "${SUPERVISED[@]}"
-run_step step3 "$(need "$OUT/step1" "$OUT/step2")" bash step3_RL_finetune_LLM/run_step3.sh \
-  --max_steps 3 --per_device_generation_batch_size 8 --per_device_training_batch_size 4 \
-  --max_prompt_seq_len 64 --max_answer_seq_len 32 --gradient_accumulation_steps 1 --quality_reward model \
-  --max_train_examples 64 "${DTYPE_FLAGS[@]}"
-# the same with the calibrated form's flags (README, "Calibrated confidence levels"): R_A and Brier on the
+PPO=(--max_steps 3 --per_device_generation_batch_size 8 --per_device_training_batch_size 4
+     --max_prompt_seq_len 64 --max_answer_seq_len 32 --gradient_accumulation_steps 1 --quality_reward model
+     --max_train_examples 64 "${DTYPE_FLAGS[@]}")
+run_step step3 "$(need "$OUT/step1" "$OUT/step2")" bash step3_RL_finetune_LLM/run_step3.sh "${PPO[@]}"
+# the same with the calibrated form's flags (README, "Calibrated levels"): R_A and Brier on the
 # confidence tokens, centred, a missing confidence scored at its worst, PPO-ptx on step 1's data
 run_step step3_calibrated "$(need "$OUT/step1" "$OUT/step2")" bash step3_RL_finetune_LLM/run_step3.sh \
-  --max_steps 3 --per_device_generation_batch_size 8 --per_device_training_batch_size 4 \
-  --max_prompt_seq_len 64 --max_answer_seq_len 32 --gradient_accumulation_steps 1 --quality_reward model \
-  --max_train_examples 64 "${DTYPE_FLAGS[@]}" --output_dir "$OUT/step3_calibrated" \
+  "${PPO[@]}" --output_dir "$OUT/step3_calibrated" \
   --alignment_on_confidence_tokens --alpha 32 --center_confidence_terms --missing_confidence_policy worst \
   --confidence_scoring_rule brier --confidence_scoring_weight 32 \
   --unsupervised_dataset_name "$WORLD/step1_sft" --unsup_coef 1
