@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.smollm2_report import real_model_section
+from step4_evaluation.confidence_readout import READOUTS
 from step4_evaluation.plots import save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,15 @@ BRIER = ("--confidence_scoring_rule", "brier", "--confidence_scoring_weight", "8
 WORST = ("--missing_confidence_policy", "worst")
 CENTER = ("--center_confidence_terms",)
 PTX = ("--unsupervised_dataset_name", "{data}/step1_sft", "--unsup_coef", "1")  # {data}: the seed's world
+
+
+def ptx_brier(weight: int, *extra: str) -> tuple[str, ...]:
+    """The calibrated form's flags: R_A on the confidence tokens (α = 32), centred, a missing confidence at its
+    worst, Brier at ``weight``, PPO-ptx; ``extra`` appended."""
+    return (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier", "--confidence_scoring_weight", str(weight),
+            *PTX, *extra)
+
+
 VARIANTS = (
     Variant("ppo_alpha0", ("--alpha", "0"), "plain RLHF (α = 0), same budget"),
     Variant("conqord_a2", ("--alpha", "2"), "CONQORD as in the paper (α·R_A in the sequence reward), α = 2, R_A / N"),
@@ -90,26 +100,25 @@ VARIANTS = (
     # Accuracy kept (issue 11): PPO-ptx, the SFT loss on step 1's data mixed into each actor update
     Variant("ptx_alpha0", ("--alpha", "0", *PTX), "plain RLHF + PPO-ptx (SFT loss on step 1's data, weight 1)"),
     Variant("ptx_centered", (*BEST, *CENTER, *PTX), "centered + PPO-ptx"),
-    Variant("ptx_brier_w32", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
-                              "--confidence_scoring_weight", "32", *PTX), "brier_w32 + PPO-ptx"),
+    Variant("ptx_brier_w32", ptx_brier(32), "brier_w32 + PPO-ptx"),
     # the levels are learned slowly (spearman still rising at step 300): Brier's weight halved (R_A's stretch
     # 1 instead of 0.5), and two PPO epochs per rollout batch (twice the updates from the same rollouts)
-    Variant("ptx_brier_w16", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
-                              "--confidence_scoring_weight", "16", *PTX), "ptx_brier_w32 with Brier weight 16"),
-    Variant("ptx_brier_w32_e2", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
-                                 "--confidence_scoring_weight", "32", *PTX, "--ppo_epochs", "2"),
+    Variant("ptx_brier_w16", ptx_brier(16), "ptx_brier_w32 with Brier weight 16"),
+    Variant("ptx_brier_w32_e2", ptx_brier(32, "--ppo_epochs", "2"),
             "ptx_brier_w32 with 2 PPO epochs per rollout batch"),
-    Variant("ptx_brier_w16_e2", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
-                                 "--confidence_scoring_weight", "16", *PTX, "--ppo_epochs", "2"),
+    Variant("ptx_brier_w16_e2", ptx_brier(16, "--ppo_epochs", "2"),
             "ptx_brier_w16 with 2 PPO epochs per rollout batch"),
     # Brier reached first settles every confidence at the base rate, leaving R_A nothing to order (seed 7):
     # its weight ramps in over the run, R_A teaches the order first
-    Variant("ptx_brier_ramp32", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
-                                 "--confidence_scoring_weight", "32", "--confidence_scoring_warmup_steps", "300",
-                                 *PTX), "ptx_brier_w32 with Brier's weight ramped from 0 over the 300 steps"),
-    Variant("ptx_brier_ramp64", (*BEST, *CENTER, *WORST, "--confidence_scoring_rule", "brier",
-                                 "--confidence_scoring_weight", "64", "--confidence_scoring_warmup_steps", "300",
-                                 *PTX), "the same ramped to weight 64"),
+    Variant("ptx_brier_ramp32", ptx_brier(32, "--confidence_scoring_warmup_steps", "300"),
+            "ptx_brier_w32 with Brier's weight ramped from 0 over the 300 steps"),
+    Variant("ptx_brier_ramp64", ptx_brier(64, "--confidence_scoring_warmup_steps", "300"),
+            "the same ramped to weight 64"),
+    # step 1's confidences are random labels: PPO-ptx trained on them pulls every level back towards 0.5
+    Variant("ptx_brier_w16_e2_mask", ptx_brier(16, "--ppo_epochs", "2", "--unsup_mask_confidence"),
+            "ptx_brier_w16_e2 with PPO-ptx blind to step 1's confidence numbers"),
+    Variant("ptx_brier_w32_e2_mask", ptx_brier(32, "--ppo_epochs", "2", "--unsup_mask_confidence"),
+            "ptx_brier_w32_e2 with PPO-ptx blind to step 1's confidence numbers"),
 )
 SFT_METHODS = ("zero_shot", "vanilla", "topk", "cot")
 METRICS = ("accuracy", "ece", "auroc", "auroc_stated", "pearson", "spearman", "brier", "parse_failure_rate")
@@ -123,6 +132,12 @@ class Settings:
     variants: tuple[Variant, ...]
     jobs: int
     world_flags: tuple[str, ...] = ()
+    confidence_readout: str = "stated"  # step 4's --confidence_readout
+
+    def results(self, seed: int) -> Path:
+        """Step 4's folder for one seed: one per readout, so the two readouts of a checkpoint sit side by side."""
+        name = "results" if self.confidence_readout == "stated" else f"results_{self.confidence_readout}"
+        return self.out / f"seed{seed}" / name
 
 
 def _env(seed_dir: Path, nproc: int = 1) -> dict[str, str]:
@@ -168,13 +183,13 @@ def train_variant(seed_dir: Path, seed: int, variant: Variant, s: Settings) -> N
 
 def evaluate_seed(seed_dir: Path, seed: int, s: Settings) -> None:
     env = _env(seed_dir)
-    results = seed_dir / "results"
+    common = ["--output_dir", str(s.results(seed)), "--seed", str(seed), "--bootstrap", "200",
+              "--confidence_readout", s.confidence_readout]
+    logs = seed_dir / "logs" / ("" if s.confidence_readout == "stated" else s.confidence_readout)
     sft = ["--checkpoints", f"sft={seed_dir / 'out/step1'}", "--methods", *SFT_METHODS]
-    _run(["bash", "step4_evaluation/run_step4.sh", *sft, "--output_dir", str(results), "--seed", str(seed),
-          "--bootstrap", "200"], env, seed_dir / "logs/step4_sft.log")
+    _run(["bash", "step4_evaluation/run_step4.sh", *sft, *common], env, logs / "step4_sft.log")
     actors = [f"{v.name}={seed_dir / 'out' / v.name / 'actor'}" for v in s.variants]
-    _run(["bash", "step4_evaluation/run_step4.sh", "--checkpoints", *actors, "--output_dir", str(results),
-          "--seed", str(seed), "--bootstrap", "200"], env, seed_dir / "logs/step4_ppo.log")
+    _run(["bash", "step4_evaluation/run_step4.sh", "--checkpoints", *actors, *common], env, logs / "step4_ppo.log")
 
 
 def run_all(s: Settings) -> None:
@@ -191,8 +206,8 @@ def run_all(s: Settings) -> None:
 
 # ---------------------------------------------------------------- aggregation and report
 
-def _summary(seed_dir: Path, checkpoint: str, benchmark: str, method: str) -> dict:
-    return json.loads((seed_dir / "results" / checkpoint / benchmark / method / "summary.json").read_text())
+def _summary(results: Path, checkpoint: str, benchmark: str, method: str) -> dict:
+    return json.loads((results / checkpoint / benchmark / method / "summary.json").read_text())
 
 
 def _value(x) -> float:
@@ -206,7 +221,7 @@ def aggregate(s: Settings) -> dict[str, dict]:
     rows += [("toy/seen", c, "zero_shot") for c in ["sft", *(v.name for v in s.variants)]]
     table = {}
     for benchmark, checkpoint, method in rows:
-        per_seed = [_summary(s.out / f"seed{seed}", checkpoint, benchmark, method) for seed in s.seeds]
+        per_seed = [_summary(s.results(seed), checkpoint, benchmark, method) for seed in s.seeds]
         entry = {m: [_value(p.get(m)) for p in per_seed] for m in METRICS}
         levels = sorted({lvl for p in per_seed for lvl in p.get("by_difficulty", {})})
         for lvl in levels:
@@ -315,7 +330,7 @@ def write_report(s: Settings, path: Path) -> Path:
     figures = path.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     curves_figure(s, figures / "training_curves.png")
-    first = s.out / f"seed{s.seeds[0]}" / "results"
+    first = s.results(s.seeds[0])
     reliability = []  # only this run's diagrams: an earlier run's may still lie in the folder
     for name in ("sft", "ppo_alpha0", "conqord_sum", "conf_tokens", "brier"):
         source = first / name / "toy/zero_shot/reliability.png"
@@ -385,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="Single-process PPO runs in parallel (one core each).")
     parser.add_argument("--world_flags", default="",
                         help="Extra flags for datasets/generate_toy_world.py, e.g. --world_flags=--no-name_length_cue.")
+    parser.add_argument("--confidence_readout", choices=READOUTS, default="stated",
+                        help="Step 4's readout of the confidence (results_expected/ beside results/ for 'expected').")
     parser.add_argument("--quick", action="store_true",
                         help=f"One seed, four variants ({', '.join(QUICK_VARIANTS)}): the effect in minutes.")
     parser.add_argument("--assert_direction", action="store_true",
@@ -396,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown --variants {unknown}")
     settings = Settings(out=Path(args.out), seeds=args.seeds[:1] if args.quick else args.seeds,
                         ppo_steps=args.ppo_steps, variants=tuple(v for v in VARIANTS if v.name in names),
-                        jobs=args.jobs, world_flags=tuple(shlex.split(args.world_flags)))
+                        jobs=args.jobs, world_flags=tuple(shlex.split(args.world_flags)),
+                        confidence_readout=args.confidence_readout)
     start = time.time()
     run_all(settings)
     report = write_report(settings, Path(args.report))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from step3_RL_finetune_LLM.ppo import gae, gather_log_probs, last_token_index, token_rewards
+from step3_RL_finetune_LLM.ppo import gae, last_token_index, token_rewards
 from utils import dist
 from utils.answer_match import exact_match
 from utils.confidence import (ParsedConfidence, answer_line_end_index, confidence_cut_index, extract_answer,
@@ -18,7 +18,7 @@ from utils.confidence import (ParsedConfidence, answer_line_end_index, confidenc
 from utils.data import pad_batch
 from utils.generation import GenerationSettings, generate, response_ids, stop_token_ids
 from utils.lora import lora_fused
-from utils.model import position_ids, sequence_scores, token_values, unwrapped_for_generation
+from utils.model import gather_log_probs, position_ids, sequence_scores, token_values, unwrapped_for_generation
 from utils.profiling import PhaseTimer
 from utils.reward import (confidence_score, dual_reward, quality_target, worst_case_alignment_confidence,
                           worst_case_confidence_score, wrong_way_share)

@@ -7,11 +7,6 @@ from __future__ import annotations
 import torch
 
 
-def gather_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log π(label) at each position."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-
-
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of each row's last response token (EOS, or the final token when cut by length)."""
     positions = torch.arange(mask.shape[1], device=mask.device)

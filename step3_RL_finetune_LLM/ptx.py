@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from utils import dist
-from utils.data import collate_sft, load_phase_data, sft_features
+from utils.confidence import confidence_value_token_span
+from utils.data import IGNORE_INDEX, collate_sft, load_phase_data, sft_features
 
 COLUMNS = ("prompt", "response")
 ALL_ROWS = (1.0, 0.0, 0.0)  # --data_split weights: every row of the unsupervised data goes to this use
@@ -52,9 +53,24 @@ def load_ptx_batches(args: argparse.Namespace, tokenizer) -> PtxBatches | None:
         return None
     rows, _ = load_phase_data(args.unsupervised_dataset_name, ALL_ROWS, 0, COLUMNS, args.seed, args.data_output_path)
     max_len = args.max_prompt_seq_len + args.max_answer_seq_len
-    tokenised = rows.map(lambda row: sft_features(tokenizer, row["prompt"], row["response"], max_len),
-                         remove_columns=list(COLUMNS))
+    features = partial(sft_features, tokenizer, max_len=max_len)
+    if args.unsup_mask_confidence:
+        features = partial(without_confidence_labels, features, tokenizer)
+    tokenised = rows.map(lambda row: features(row["prompt"], row["response"]), remove_columns=list(COLUMNS))
     return PtxBatches(tokenised, args.per_device_training_batch_size, tokenizer.pad_token_id, args.seed)
+
+
+def without_confidence_labels(features, tokenizer, prompt: str, response: str) -> dict[str, list[int]]:
+    """``features(prompt, response)`` with the labels of the stated confidence number ignored: step 1's
+    confidences (random on the toy world) would otherwise pull every level back to theirs at each update,
+    while the answers and the format, tag included, are still held."""
+    row = features(prompt, response)
+    prompt_len = sum(label == IGNORE_INDEX for label in row["labels"])
+    span = confidence_value_token_span(row["input_ids"][prompt_len:], tokenizer)
+    if span is not None:
+        start, end = (prompt_len + i for i in span)
+        row["labels"][start:end] = [IGNORE_INDEX] * (end - start)
+    return row
 
 
 def ptx_loss(actor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

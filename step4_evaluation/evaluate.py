@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from step4_evaluation import judges
 from step4_evaluation.benchmarks import load_benchmark
-from step4_evaluation.metrics import auroc, confidence_and_correct, summarize
+from step4_evaluation.confidence_readout import READOUTS, confidence_distributions, expected_confidence
+from step4_evaluation.metrics import auroc, confidence_and_correct, ece, summarize
 from step4_evaluation.plots import reliability_diagram
 from step4_evaluation.prompting import get_method
 from step4_evaluation.retrieval import BM25Retriever, load_passages, plot_sweep, threshold_sweep
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--judge_timeout", type=positive_float, default=60.0)
     j.add_argument("--judge_cache", default=None, help="Judge cache file (default: <output_dir>/judge_cache.jsonl).")
     m = parser.add_argument_group("metrics")
+    m.add_argument("--confidence_readout", choices=READOUTS, default="stated",
+                   help="stated: the number the greedy response wrote (the paper); expected: the mean of the model's "
+                        "distribution over the values 0.0 … 1.0 at that place (same answer; see confidence_readout.py).")
     m.add_argument("--missing_confidence", type=unit_float, default=MISSING_CONFIDENCE,
                    help="Confidence given to answers that state none (also counted as parse failures).")
     m.add_argument("--n_bins", type=positive_int, default=10, help="Equal-width ECE bins (10, 15, 20, ...).")
@@ -250,17 +254,25 @@ class Judging:
             raise UserError(f"--judge llm: {err}") from None
 
 
-def judged_records(questions: list[dict], responses: dict[str, str], method, verdicts_of) -> list[dict]:
+def judged_records(questions: list[dict], responses: dict[str, str], method, verdicts_of,
+                   distributions: dict[str, list[float]] | None = None) -> list[dict]:
+    """One record per question. With ``distributions`` (the expected readout), ``confidence`` is the mean of
+    the response's distribution and ``stated_confidence`` the number it wrote."""
     parsed = {q["id"]: method.parse(responses[q["id"]]) for q in questions}
     verdicts = verdicts_of([parsed[q["id"]].answer for q in questions])
     records = []
     for q, verdict in zip(questions, verdicts):
         p = parsed[q["id"]]
-        records.append({"id": q["id"], "question": q["question"], "response": responses[q["id"]],
-                        "answer": p.answer, "confidence": p.confidence.value, "confidence_status": p.confidence.status,
-                        "correct": None if verdict.correct is None else int(verdict.correct),
-                        "judge": verdict.judge, "judge_status": verdict.status, "judge_score": verdict.score,
-                        "judge_reason": verdict.reason, "gold": q["answers"], "difficulty": q.get("difficulty")})
+        record = {"id": q["id"], "question": q["question"], "response": responses[q["id"]],
+                  "answer": p.answer, "confidence": p.confidence.value, "confidence_status": p.confidence.status,
+                  "correct": None if verdict.correct is None else int(verdict.correct),
+                  "judge": verdict.judge, "judge_status": verdict.status, "judge_score": verdict.score,
+                  "judge_reason": verdict.reason, "gold": q["answers"], "difficulty": q.get("difficulty")}
+        if distributions is not None:
+            distribution = distributions.get(q["id"])
+            record.update(stated_confidence=p.confidence.value, confidence_distribution=distribution,
+                          confidence=None if distribution is None else expected_confidence(distribution))
+        records.append(record)
     return records
 
 
@@ -282,6 +294,12 @@ def summarize_records(records: list[dict], args: argparse.Namespace) -> dict[str
     summary["n_stated"] = len(stated)
     summary["auroc_stated"] = auroc(*confidence_and_correct(stated, args.missing_confidence)) if stated else float("nan")
     summary["confidence_statuses"] = count_statuses(_parsed(r) for r in judged)
+    summary["confidence_readout"] = args.confidence_readout
+    if args.confidence_readout != "stated":  # the paper's readout beside it, on the same answers
+        stated_conf, stated_corr = confidence_and_correct([{**r, "confidence": r["stated_confidence"]} for r in judged],
+                                                          args.missing_confidence)
+        summary["stated_readout"] = {"ece": ece(stated_conf, stated_corr, args.n_bins),
+                                     "auroc": auroc(stated_conf, stated_corr)}
     summary["by_difficulty"] = {}
     for level in sorted({r["difficulty"] for r in judged if r.get("difficulty")}):
         group = [r for r in judged if r.get("difficulty") == level]
@@ -386,10 +404,18 @@ def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Jud
     folder = Path(args.output_dir) / row.checkpoint / row.benchmark / row.method
     prompts = {q["id"]: method.build(q["question"], tokenizer) for q in questions}
     source = generation_source(row.path, args)
+    special_tokens = not method.uses_chat_template(tokenizer)
     responses = generate_missing(model, tokenizer, prompts, folder / "generations.jsonl", args.batch_size,
                                  args.max_new_tokens, args.max_prompt_len, desc=row.key, source=source,
-                                 special_tokens=not method.uses_chat_template(tokenizer))
-    records = judged_records(questions, responses, method, lambda a: judging.verdicts(row.benchmark, questions, a))
+                                 special_tokens=special_tokens)
+    distributions = None
+    if args.confidence_readout == "expected":
+        items = {qid: (encode_prompt(tokenizer, prompt, args.max_prompt_len, special_tokens), responses[qid])
+                 for qid, prompt in prompts.items()}
+        distributions = confidence_distributions(model, tokenizer, items, folder / "confidence_distributions.jsonl",
+                                                 args.batch_size, source, desc=f"{row.key} readout")
+    records = judged_records(questions, responses, method, lambda a: judging.verdicts(row.benchmark, questions, a),
+                             distributions)
     write_jsonl(folder / "predictions.jsonl", records)
     summary = summarize_records(records, args)
     summary.update(checkpoint=row.path, benchmark=row.benchmark, method=row.method, judge=judging.name(row.benchmark))

@@ -88,6 +88,8 @@ def test_step3_flag_combinations_are_refused():
         check_args(build_parser().parse_args(REQUIRED + ["--offload", "--actor_zero_stage", "3"]))
     with pytest.raises(SystemExit, match="--actor_lora_dim 0 --critic_lora_dim 0 would train no adapter"):
         check_args(build_parser().parse_args(REQUIRED + ["--only_optimize_lora"]))
+    with pytest.raises(SystemExit, match="--unsup_mask_confidence .* give --unsupervised_dataset_name"):
+        check_args(build_parser().parse_args(REQUIRED + ["--unsup_mask_confidence"]))
     # an adapter on one model is enough: the other trains its scalar head only, on purpose
     check_args(build_parser().parse_args(REQUIRED + ["--only_optimize_lora", "--actor_lora_dim", "8"]))
     check_args(_supervised("--offload", "--zero_stage", "2", "--only_optimize_lora", "--lora_dim", "4"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from experiments import calibration_report as report
-from experiments.toy_ablation import SFT_METHODS, VARIANTS
+from experiments.toy_ablation import SFT_METHODS, VARIANTS, Settings
 
 LEVELS = ("easy", "medium", "hard")
 
@@ -19,12 +19,12 @@ def _summary(accuracy: float, ece: float, auroc: float, parse: float = 0.0, medi
             "brier": 0.2, "parse_failure_rate": parse, "by_difficulty": by, "ci": {}}
 
 
-def _write(out: Path, seed: int, rows: dict[str, dict], train_parse: float) -> None:
+def _write(out: Path, seed: int, rows: dict[str, dict], train_parse: float, results: str = "results") -> None:
     for name, summary in rows.items():
         methods = SFT_METHODS if name == "sft" else ("zero_shot",)
         for benchmark in ("toy", "toy/seen"):
             for method in methods:
-                folder = out / f"seed{seed}/results/{name}/{benchmark}/{method}"
+                folder = out / f"seed{seed}/{results}/{name}/{benchmark}/{method}"
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "summary.json").write_text(json.dumps(summary))
         if name != "sft":
@@ -45,7 +45,7 @@ def runs(tmp_path: Path) -> Path:
 
 def test_targets_are_checked_on_the_numbers(runs: Path):
     variants = tuple(v for v in VARIANTS if v.name in ("ppo_alpha0", "brier_a4", "brier_only"))
-    table, _ = report._table(runs, [1, 2], variants)
+    table, _ = report._table(Settings(out=runs, seeds=[1, 2], ppo_steps=0, variants=variants, jobs=1))
     assert all(report.targets_met(table, "brier_a4").values())
     missed = [k for k, ok in report.targets_met(table, "brier_only").items() if not ok]
     assert missed == ["parse failures ≤ 1 %", "medium AUROC ≥ 0.60", "accuracy within 2 points of PPO α=0",
@@ -56,7 +56,7 @@ def test_report_keeps_the_untuned_seed_apart(runs: Path, tmp_path: Path):
     path = report.write_report(runs, [1, 2], [7], tuple(v for v in VARIANTS if v.name in ("ppo_alpha0", "brier_a4")),
                                tmp_path / "docs/results_calibration.md")
     text = path.read_text()
-    assert "## Tuning seeds (1, 2)" in text and "## Seed 7, not tuned on" in text
+    assert "### Tuning seeds (1, 2)" in text and "### Seed 7, not tuned on" in text
     row = next(line for line in text.splitlines() if line.startswith("| brier_a4 |"))
     assert "0.490 ± 0.000" in row and "-0.010 ± 0.000 | 0.030 ± 0.000" in row and "0.002 ± 0.000" in row and row.endswith("| 7/7 |")
     assert "- `brier_a4`: 7/7 targets met" in text
@@ -73,5 +73,20 @@ def test_an_untuned_seed_lists_the_variants_not_yet_run_there(runs: Path, tmp_pa
     shutil.rmtree(runs / "seed7/results/brier_only")
     variants = tuple(v for v in VARIANTS if v.name in ("ppo_alpha0", "brier_a4", "brier_only"))
     text = report.write_report(runs, [1, 2], [7], variants, tmp_path / "r.md").read_text()
-    assert "Not yet run on this seed: brier_only." in text
+    assert "Not yet evaluated on this seed: brier_only." in text
     assert "| brier_only |" in text.split("## Seed 7")[0] and "| brier_only |" not in text.split("## Seed 7")[1]
+
+
+def test_each_readout_gets_its_section_from_its_own_results(runs: Path, tmp_path: Path):
+    for seed in (1, 2, 7):
+        _write(runs, seed, {"sft": _summary(0.50, 0.04, 0.45), "ppo_alpha0": _summary(0.46, 0.03, 0.50),
+                            "brier_a4": _summary(0.49, 0.12, 0.79, medium=0.66)}, train_parse=0.002,
+               results="results_expected")
+    variants = tuple(v for v in VARIANTS if v.name in ("ppo_alpha0", "brier_a4"))
+    text = report.write_report(runs, [1, 2], [7], variants, tmp_path / "r.md", ("stated", "expected")).read_text()
+    stated, expected = text.split("## Confidence read as the mean")
+    assert "## Confidence read as the number the greedy answer states" in stated
+    assert next(line for line in stated.splitlines() if line.startswith("| brier_a4 |")).endswith("| 7/7 |")
+    row = next(line for line in expected.splitlines() if line.startswith("| brier_a4 |"))
+    assert "0.120 ± 0.000" in row and row.endswith("| 5/7 |")  # ECE 0.12 misses ≤ 0.10 and SFT's 0.04
+    assert "--confidence_readouts stated expected" in text

@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from step3_RL_finetune_LLM.ppo import (actor_loss, critic_loss, gae, gather_log_probs, last_token_index,
+from step3_RL_finetune_LLM.ppo import (actor_loss, critic_loss, gae, last_token_index,
                                        masked_mean, token_rewards, whiten)
+from utils.model import gather_log_probs
 
 
 def test_gae_hand_example():

@@ -3,6 +3,7 @@ update, and its data checked before any engine is built."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,22 @@ def test_unsupervised_data_is_checked_before_the_engines(toy_world_dir, tiny_mod
     _forbid_engines(monkeypatch)
     with pytest.raises(DataError, match=rf"{bad}:2: missing key 'response'"):
         _ppo(toy_world_dir, tiny_model, tmp_path / "out", "--max_steps", "1", "--unsupervised_dataset_name", str(bad))
+
+
+@pytest.mark.parametrize("response", [" blue\n### Confidence: 0.6", " red\n### Confidence: 1.0", " a bear"])
+def test_masked_confidence_labels_are_exactly_the_number(toy_tokenizer, response):
+    """--unsup_mask_confidence: the labels of the stated number are ignored, every other label kept."""
+    from step3_RL_finetune_LLM.ptx import without_confidence_labels
+    from utils.data import IGNORE_INDEX, sft_features
+
+    features = partial(sft_features, toy_tokenizer, max_len=64)
+    plain = features("### Question: What color is the flag of Gox?\n### Answer:", response)
+    masked = without_confidence_labels(features, toy_tokenizer, "### Question: What color is the flag of Gox?\n"
+                                       "### Answer:", response)
+    assert masked["input_ids"] == plain["input_ids"]
+    dropped = [i for i, (a, b) in enumerate(zip(plain["labels"], masked["labels"])) if a != b]
+    assert all(masked["labels"][i] == IGNORE_INDEX for i in dropped)
+    number = response.rsplit(" ", 1)[1] if "Confidence" in response else ""
+    assert toy_tokenizer.decode([plain["input_ids"][i] for i in dropped]).strip() == number
+    kept = toy_tokenizer.decode([t for t in masked["labels"] if t != IGNORE_INDEX], skip_special_tokens=True)
+    assert kept.rstrip() == response.removesuffix(number).rstrip()  # the answer and the tag are still trained

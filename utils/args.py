@@ -200,6 +200,9 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
                         "PPO minibatch loss of the actor, to keep what SFT taught on prompts PPO does not train on.")
     t.add_argument("--unsup_coef", type=_non_negative_float, default=27.8,
                    help="Weight of the PPO-ptx loss (DeepSpeed-Chat's default, set for pretraining text).")
+    t.add_argument("--unsup_mask_confidence", action="store_true",
+                   help="Beyond the paper: PPO-ptx ignores the labels of the rows' stated confidence numbers, so it "
+                        "holds the answers and the format but does not pull confidence levels back to step 1's.")
     t.add_argument("--clip_reward_value", type=_positive(float), default=5.0)
     t.add_argument("--cliprange", type=_positive(float), default=0.2)
     t.add_argument("--cliprange_value", type=_positive(float), default=0.2)
@@ -284,6 +287,9 @@ def check_args(args: argparse.Namespace) -> None:
     if getattr(args, "only_optimize_lora", False) and dims and all(dim == 0 for dim in dims.values()):
         raise SystemExit(f"error: --only_optimize_lora with {' '.join(f'{k} 0' for k in dims)} would train no adapter: "
                          "set a LoRA rank > 0 or drop --only_optimize_lora")
+    if getattr(args, "unsup_mask_confidence", False) and not args.unsupervised_dataset_name:
+        raise SystemExit("error: --unsup_mask_confidence masks the PPO-ptx rows' confidences, but there are no rows: "
+                         "give --unsupervised_dataset_name (with --unsup_coef) or drop it")
 
 
 def add_dry_run_arg(parser: argparse.ArgumentParser) -> None:

@@ -46,6 +46,14 @@ def parse_confidence(text: str) -> ParsedConfidence:
     return ParsedConfidence(clamped, "ok" if clamped == value else "clamped")
 
 
+def confidence_value_start(text: str) -> int | None:
+    """Where the stated number of the first confidence statement begins in ``text`` (the character after
+    the tag and its spaces), or None when :func:`parse_confidence` finds no number there."""
+    tag = _TAG_RE.search(text)
+    number = None if tag is None else _VALUE_RE.match(text, tag.end())
+    return None if number is None else number.start(1)
+
+
 def resolve_confidence(parsed: ParsedConfidence, missing_value: float = MISSING_CONFIDENCE) -> float:
     """The number used for rewards and metrics: the parsed value, or the missing-value policy."""
     return missing_value if parsed.value is None else parsed.value
@@ -84,6 +92,19 @@ def confidence_cut_index(token_ids: Sequence[int], tokenizer) -> int:
     if tag is None:
         return len(ids)
     return _shortest_prefix_covering(ids, tokenizer, len(text[: tag.start()].rstrip()))
+
+
+def confidence_value_token_span(token_ids: Sequence[int], tokenizer) -> tuple[int, int] | None:
+    """``[start, end)``: the tokens that hold the stated number (from the one where it begins, which may carry
+    the space before it, to the one where it ends); None when no number is stated."""
+    ids = list(token_ids)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    start = confidence_value_start(text)
+    if start is None:
+        return None
+    end = _VALUE_RE.match(text, start).end(1)
+    return (_shortest_prefix_covering(ids, tokenizer, start + 1) - 1,
+            _shortest_prefix_covering(ids, tokenizer, end))
 
 
 def answer_line_end_index(token_ids: Sequence[int], tokenizer) -> int:

@@ -258,6 +258,11 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+def gather_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log π(label) at each position."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
 def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The scalar head at every position, shape (batch, seq): the critic's values. ``model`` is a
     :func:`values_at_every_token` model or the DeepSpeed engine around one."""
