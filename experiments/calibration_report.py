@@ -21,9 +21,10 @@ import numpy as np
 
 from experiments.toy_ablation import VARIANTS, Settings, Variant, _mean, _ms, aggregate
 from step4_evaluation.confidence_readout import READOUTS
+from step4_evaluation.metrics import confidence_and_correct, ece_if_calibrated
 
 TARGETS = {"ece": 0.10, "auroc": 0.75, "parse_failure_rate": 0.01, "auroc_medium": 0.60, "accuracy_drop": 0.02}
-COLUMNS = ("accuracy", "Δacc SFT", "Δacc α=0", "ece", "auroc", "auroc easy", "auroc medium", "auroc hard",
+COLUMNS = ("accuracy", "Δacc SFT", "Δacc α=0", "ece", "ece if calibrated", "auroc", "auroc easy", "auroc medium", "auroc hard",
            "conf easy", "conf medium", "conf hard", "parse failures (eval)", "parse failures (PPO, last 50)")
 LAST_STEPS = 50
 
@@ -38,12 +39,23 @@ def training_parse_failures(out: Path, seeds: list[int], variant: str) -> list[f
     return rates
 
 
-def _row_cells(table: dict[str, dict], name: str, out: Path, seeds: list[int]) -> list[str]:
+def ece_floors(s: Settings, variant: str) -> list[float]:
+    """Each seed's ECE if the variant's held-out confidences were exact probabilities (the sampling floor)."""
+    floors = []
+    for seed in s.seeds:
+        path = s.results(seed) / variant / "toy/zero_shot/predictions.jsonl"
+        confidence, _ = confidence_and_correct(json.loads(line) for line in path.read_text().splitlines())
+        floors.append(ece_if_calibrated(confidence))
+    return floors
+
+
+def _row_cells(table: dict[str, dict], name: str, s: Settings) -> list[str]:
     entry, sft, a0 = (table[f"toy: {n}/zero_shot"] for n in (name, "sft", "ppo_alpha0"))
     d_sft = [a - b for a, b in zip(entry["accuracy"], sft["accuracy"])]
     d_a0 = [a - b for a, b in zip(entry["accuracy"], a0["accuracy"])]
-    train = training_parse_failures(out, seeds, name) if name != "sft" else [float("nan")] * len(seeds)
-    return [_ms(entry["accuracy"]), _ms(d_sft), _ms(d_a0), _ms(entry["ece"]), _ms(entry["auroc"]),
+    train = training_parse_failures(s.out, s.seeds, name) if name != "sft" else [float("nan")] * len(s.seeds)
+    return [_ms(entry["accuracy"]), _ms(d_sft), _ms(d_a0), _ms(entry["ece"]), _ms(ece_floors(s, name)),
+            _ms(entry["auroc"]),
             *(_ms(entry.get(f"auroc_{lvl}", [])) for lvl in ("easy", "medium", "hard")),
             *(_ms(entry.get(f"mean_confidence_{lvl}", [])) for lvl in ("easy", "medium", "hard")),
             _ms(entry["parse_failure_rate"]), _ms(train)]
@@ -71,7 +83,7 @@ def _table(s: Settings) -> tuple[dict[str, dict], list[str]]:
     for name in names:
         met = "" if name in ("sft", "ppo_alpha0") else \
             f"{sum(targets_met(table, name).values())}/{len(targets_met(table, name))}"
-        lines.append(f"| {name} | " + " | ".join(_row_cells(table, name, s.out, s.seeds)) + f" | {met} |")
+        lines.append(f"| {name} | " + " | ".join(_row_cells(table, name, s)) + f" | {met} |")
     return table, lines
 
 
@@ -88,10 +100,15 @@ def readout_section(out: Path, seeds: list[int], untuned: list[int], variants: t
                     readout: str) -> list[str]:
     """The table and the targets for one confidence readout: the tuning seeds' means, then each untuned seed."""
     s = Settings(out=out, seeds=seeds, ppo_steps=0, variants=variants, jobs=1, confidence_readout=readout)
-    table, lines = _table(s)
+    done = tuple(v for v in variants if all(_evaluated(s, seed, v.name) for seed in seeds))
+    table, lines = _table(replace(s, variants=done))
     text = [f"## Confidence read as {READOUT_TITLES[readout]}", "", f"### Tuning seeds ({', '.join(map(str, seeds))})",
-            "", *lines, "", "Targets:", ""]
-    for v in variants:
+            "", *lines, ""]
+    if len(done) < len(variants):
+        text += [f"Not evaluated with this readout on every tuning seed: "
+                 f"{', '.join(v.name for v in variants if v not in done)}.", ""]
+    text += ["Targets:", ""]
+    for v in done:
         if v.name != "ppo_alpha0":
             met = targets_met(table, v.name)
             text.append(f"- `{v.name}`: " + "; ".join(f"{k}: {'met' if ok else '**not met**'}" for k, ok in met.items()))
@@ -117,7 +134,8 @@ def write_report(out: Path, seeds: list[int], untuned: list[int], variants: tupl
             f"--untuned_seeds {' '.join(map(str, untuned))} --variants {' '.join(v.name for v in variants)} "
             f"--confidence_readouts {' '.join(readouts)}` from the runs of `experiments/toy_ablation.py` (300 PPO steps "
             "of 64 rollouts). Held-out countries (`toy`), greedy answers, mean ± std over the tuning seeds. ECE: 10 "
-            "equal-width bins. Δacc: accuracy minus SFT's / PPO α = 0's on the same seed. `auroc <level>`: AUROC "
+            "equal-width bins; `ece if calibrated`: the ECE a model whose confidences were exact probabilities would "
+            "still get on these 300 questions (outcomes drawn from its own confidences), ECE's sampling floor. Δacc: accuracy minus SFT's / PPO α = 0's on the same seed. `auroc <level>`: AUROC "
             "inside one difficulty level; `conf <level>`: mean confidence. Parse failures: missing or malformed "
             "confidence (the same under both readouts).", ""]
     for readout in readouts:

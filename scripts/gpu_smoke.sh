@@ -167,12 +167,12 @@ PPO=(--max_steps 3 --per_device_generation_batch_size 8 --per_device_training_ba
      --max_prompt_seq_len 64 --max_answer_seq_len 32 --gradient_accumulation_steps 1 --quality_reward model
      --max_train_examples 64 "${DTYPE_FLAGS[@]}")
 run_step step3 "$(need "$OUT/step1" "$OUT/step2")" bash step3_RL_finetune_LLM/run_step3.sh "${PPO[@]}"
-# the same with the calibrated form's flags (README, "Calibrated levels"): R_A and Brier on the
-# confidence tokens, centred, a missing confidence scored at its worst, PPO-ptx on step 1's data
+# the same with the recommended calibrated form's flags (README, "Calibrated levels"): R_A and Brier on the
+# confidence tokens, centred, a missing confidence scored at its worst, PPO-ptx on step 1's data, 4 PPO epochs
 run_step step3_calibrated "$(need "$OUT/step1" "$OUT/step2")" bash step3_RL_finetune_LLM/run_step3.sh \
   "${PPO[@]}" --output_dir "$OUT/step3_calibrated" \
   --alignment_on_confidence_tokens --alpha 32 --center_confidence_terms --missing_confidence_policy worst \
-  --confidence_scoring_rule brier --confidence_scoring_weight 32 \
+  --confidence_scoring_rule brier --confidence_scoring_weight 32 --ppo_epochs 4 \
   --unsupervised_dataset_name "$WORLD/step1_sft" --unsup_coef 1
 
 # ------------------------------------------------------------------------------------------ step 4

@@ -134,6 +134,19 @@ def ece(confidence: npt.ArrayLike, correct: npt.ArrayLike, n_bins: int = 10) -> 
     return float(np.sum(weights * gaps))
 
 
+def ece_if_calibrated(confidence: npt.ArrayLike, n_bins: int = 10, draws: int = 1000, seed: int = 0) -> float:
+    """ECE's sampling floor: the mean ECE a perfectly calibrated model with these confidences would get on this many
+    questions, each outcome drawn as Bernoulli(confidence) (``draws`` times, fixed ``seed``).
+
+    ECE is biased upwards on a finite set: a model whose confidences are exact probabilities still scores
+    about sqrt(c(1 - c) / n_b) per bin. Spread confidences fill more, smaller bins than a constant one, so
+    their floor is higher; read ECE against it.
+    """
+    conf, _ = _validate(confidence, np.zeros(np.shape(confidence)))
+    outcomes = np.random.default_rng(seed).random((draws, conf.size)) < conf
+    return float(np.mean([ece(conf, drawn.astype(float), n_bins) for drawn in outcomes]))
+
+
 def mce(confidence: npt.ArrayLike, correct: npt.ArrayLike, n_bins: int = 10) -> float:
     """Maximum calibration error: max over non-empty bins of |mean_conf_b - acc_b| (bins as in ``ece``)."""
     _, gaps = _bin_gaps(confidence, correct, n_bins)

@@ -8,6 +8,7 @@ import pytest
 
 from experiments import calibration_report as report
 from experiments.toy_ablation import SFT_METHODS, VARIANTS, Settings
+from step4_evaluation.metrics import ece_if_calibrated
 
 LEVELS = ("easy", "medium", "hard")
 
@@ -27,6 +28,9 @@ def _write(out: Path, seed: int, rows: dict[str, dict], train_parse: float, resu
                 folder = out / f"seed{seed}/{results}/{name}/{benchmark}/{method}"
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "summary.json").write_text(json.dumps(summary))
+                (folder / "predictions.jsonl").write_text("".join(
+                    json.dumps({"confidence": c, "correct": int(i < summary["accuracy"] * 10)}) + "\n"
+                    for i, c in enumerate((0.1, 0.9, None, 0.5, 0.5, 0.3, 0.7, 0.2, 0.8, 0.5))))
         if name != "sft":
             log = out / f"seed{seed}/out/{name}/train_log.jsonl"
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -90,3 +94,20 @@ def test_each_readout_gets_its_section_from_its_own_results(runs: Path, tmp_path
     row = next(line for line in expected.splitlines() if line.startswith("| brier_a4 |"))
     assert "0.120 ± 0.000" in row and row.endswith("| 5/7 |")  # ECE 0.12 misses ≤ 0.10 and SFT's 0.04
     assert "--confidence_readouts stated expected" in text
+
+
+def test_a_variant_without_a_readout_is_listed_not_tabled(runs: Path, tmp_path: Path):
+    for seed in (1, 2, 7):
+        _write(runs, seed, {"sft": _summary(0.50, 0.04, 0.45), "ppo_alpha0": _summary(0.46, 0.03, 0.50)},
+               train_parse=0.002, results="results_expected")
+    variants = tuple(v for v in VARIANTS if v.name in ("ppo_alpha0", "brier_a4"))
+    text = report.write_report(runs, [1, 2], [7], variants, tmp_path / "r.md", ("stated", "expected")).read_text()
+    expected = text.split("## Confidence read as the mean")[1]
+    assert "Not evaluated with this readout on every tuning seed: brier_a4." in expected
+    assert "| brier_a4 |" not in expected and "| ppo_alpha0 |" in expected
+
+
+def test_the_ece_floor_comes_from_each_seeds_predictions_with_a_missing_confidence_at_zero(runs: Path):
+    s = Settings(out=runs, seeds=[1, 2], ppo_steps=0, variants=(), jobs=1)
+    expected = ece_if_calibrated([0.1, 0.9, 0.0, 0.5, 0.5, 0.3, 0.7, 0.2, 0.8, 0.5])
+    assert expected > 0 and report.ece_floors(s, "brier_a4") == [expected, expected]

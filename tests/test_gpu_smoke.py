@@ -93,7 +93,7 @@ def test_tiny_smoke_runs_every_step_with_the_paper_flags(tmp_path: Path):
         "output_dir": str(out / "step3_calibrated"), "alignment_on_confidence_tokens": True, "alpha": 32.0,
         "center_confidence_terms": True, "missing_confidence_policy": "worst", "confidence_scoring_rule": "brier",
         "confidence_scoring_weight": 32.0, "unsupervised_dataset_name": [str(smoke / "world/step1_sft")],
-        "unsup_coef": 1.0}
+        "unsup_coef": 1.0, "ppo_epochs": 4}
     log = [json.loads(line) for line in (out / "step3_calibrated/train_log.jsonl").read_text().splitlines()]
     assert any(math.isfinite(row.get("unsup_loss", math.nan)) for row in log)  # PPO-ptx updated the actor
     assert (smoke / "results/results.csv").is_file()

@@ -365,3 +365,19 @@ def test_main_returns_zero_on_success(tmp_path: Path, capsys: pytest.CaptureFixt
     path = write_lines(tmp_path / "ok.jsonl", ['{"confidence": 0.9, "correct": 1}', '{"confidence": 0.1, "correct": 0}'])
     code, out, _ = run_main(capsys, "--input", str(path))
     assert code == 0 and json.loads(out)["auroc"] == 1.0
+
+
+def test_ece_if_calibrated_is_zero_for_certain_confidences_and_matches_the_binomial_for_a_constant() -> None:
+    assert m.ece_if_calibrated([0.0, 1.0, 1.0, 0.0]) == 0.0
+    # one bin of n = 100 at c = 0.5: E|mean of Bernoulli(0.5) − 0.5| ≈ sqrt(0.25 / 100) · sqrt(2 / π)
+    floor = m.ece_if_calibrated(np.full(100, 0.5), draws=4000)
+    assert floor == pytest.approx(0.05 * math.sqrt(2 / math.pi), abs=0.004)
+    assert m.ece_if_calibrated(np.full(100, 0.5), draws=200, seed=3) == m.ece_if_calibrated(np.full(100, 0.5), draws=200,
+                                                                                          seed=3)
+
+
+def test_ece_if_calibrated_is_higher_for_spread_confidences_than_for_a_constant_of_the_same_mean() -> None:
+    spread = np.repeat([0.15, 0.35, 0.65, 0.85], 75)
+    assert m.ece_if_calibrated(spread) > m.ece_if_calibrated(np.full(300, 0.5)) + 0.01
+    with pytest.raises(ValueError, match="confidence must lie in"):
+        m.ece_if_calibrated([0.5, 1.5])

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from experiments.toy_ablation import VARIANTS
+from step3_RL_finetune_LLM.trainer import build_parser
+from utils.args import check_args
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,3 +36,16 @@ def test_quick_ablation_shows_the_direction_and_writes_the_report(tmp_path: Path
     assert len(table["toy: conf_tokens/zero_shot"]["auroc"]) == 1  # one seed in --quick
     log = (tmp_path / "runs/seed1/out/conqord_sum/train_log.jsonl").read_text().splitlines()
     assert len(log) == 300 and "wrong_way_share" in json.loads(log[-1])
+
+
+def test_recommended_trains_the_chosen_form_and_step3_accepts_its_flags():
+    by_name = {v.name: v for v in VARIANTS}
+    assert len(by_name) == len(VARIANTS)  # results folders are named after variants
+    assert by_name["recommended"].flags == by_name["ptx_brier_w32_e4"].flags
+    flags = [f.format(data="world") for f in by_name["recommended"].flags]
+    args = build_parser().parse_args(["--data_path", "data/step3", "--actor_model_name_or_path", "actor",
+                                      "--critic_model_name_or_path", "critic", "--output_dir", "out", *flags])
+    check_args(args)
+    assert (args.alpha, args.ppo_epochs, args.confidence_scoring_rule, args.confidence_scoring_weight) == (32, 4, "brier", 32)
+    assert args.alignment_on_confidence_tokens and args.center_confidence_terms
+    assert args.missing_confidence_policy == "worst" and args.unsupervised_dataset_name == ["world/step1_sft"]
