@@ -24,8 +24,8 @@ from step4_evaluation.confidence_readout import READOUTS
 from step4_evaluation.metrics import confidence_and_correct, ece_if_calibrated
 
 TARGETS = {"ece": 0.10, "auroc": 0.75, "parse_failure_rate": 0.01, "auroc_medium": 0.60, "accuracy_drop": 0.02}
-COLUMNS = ("accuracy", "Δacc SFT", "Δacc α=0", "ece", "ece if calibrated", "auroc", "auroc easy", "auroc medium", "auroc hard",
-           "conf easy", "conf medium", "conf hard", "parse failures (eval)", "parse failures (PPO, last 50)")
+COLUMNS = ("accuracy", "Δacc SFT", "Δacc α=0", "ece", "ece if calibrated", "auroc", "auroc easy", "auroc medium",
+           "auroc hard", "conf easy", "conf medium", "conf hard", "parse failures (eval)", "parse failures (PPO, last 50)")
 LAST_STEPS = 50
 
 
@@ -136,7 +136,8 @@ def write_report(out: Path, seeds: list[int], untuned: list[int], variants: tupl
             f"--confidence_readouts {' '.join(readouts)}` from the runs of `experiments/toy_ablation.py` (300 PPO steps "
             "of 64 rollouts). Held-out countries (`toy`), greedy answers, mean ± std over the tuning seeds. ECE: 10 "
             "equal-width bins; `ece if calibrated`: the ECE a model whose confidences were exact probabilities would "
-            "still get on these 300 questions (outcomes drawn from its own confidences), ECE's sampling floor. Δacc: accuracy minus SFT's / PPO α = 0's on the same seed. `auroc <level>`: AUROC "
+            "still get on these 300 questions (outcomes drawn from its own confidences), ECE's sampling floor. "
+            "Δacc: accuracy minus SFT's / PPO α = 0's on the same seed. `auroc <level>`: AUROC "
             "inside one difficulty level; `conf <level>`: mean confidence. Parse failures: missing or malformed "
             "confidence (the same under both readouts).", ""]
     for readout in readouts:

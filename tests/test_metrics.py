@@ -372,8 +372,8 @@ def test_ece_if_calibrated_is_zero_for_certain_confidences_and_matches_the_binom
     # one bin of n = 100 at c = 0.5: E|mean of Bernoulli(0.5) − 0.5| ≈ sqrt(0.25 / 100) · sqrt(2 / π)
     floor = m.ece_if_calibrated(np.full(100, 0.5), draws=4000)
     assert floor == pytest.approx(0.05 * math.sqrt(2 / math.pi), abs=0.004)
-    assert m.ece_if_calibrated(np.full(100, 0.5), draws=200, seed=3) == m.ece_if_calibrated(np.full(100, 0.5), draws=200,
-                                                                                          seed=3)
+    constant = np.full(100, 0.5)
+    assert m.ece_if_calibrated(constant, draws=200, seed=3) == m.ece_if_calibrated(constant, draws=200, seed=3)
 
 
 def test_ece_if_calibrated_is_higher_for_spread_confidences_than_for_a_constant_of_the_same_mean() -> None:
