@@ -65,6 +65,7 @@ def main(argv: list[str]) -> None:
             result.update(ok=False, error=f"{type(err).__name__}: {str(err).splitlines()[-1][-300:] if str(err) else ''}")
         if dist.is_main():
             print("CELL " + json.dumps(result), flush=True)
+    dist.shutdown()  # as the steps' entry points do: the group ends before interpreter teardown
 
 
 if __name__ == "__main__":
