@@ -46,6 +46,8 @@ def init_distributed(local_rank: int = -1) -> torch.device:
     """
     import deepspeed
 
+    from utils import ds_ops
+
     # DeepSpeed calls torch collectives that torch now marks deprecated, once per ZeRO step.
     warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.distributed\.\w+`? is deprecated")
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
@@ -54,6 +56,7 @@ def init_distributed(local_rank: int = -1) -> torch.device:
     if local_rank < 0:
         local_rank = int(os.environ["LOCAL_RANK"])
     if not is_distributed():
+        ds_ops.ensure_built()  # bounded wait, stale build locks removed: DeepSpeed's own load waits forever
         deepspeed.init_distributed(dist_backend=default_backend())
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
