@@ -8,8 +8,8 @@ found while holding it is a killed build's and is removed (with a printed line).
 is bounded by :data:`TIMEOUT_ENV` and says which lock it waits on.
 
 The cache is ``<repo>/.cache/torch_extensions/py<X.Y>-torch<version>`` unless ``TORCH_EXTENSIONS_DIR`` is set
-(torch then keys op folders by name alone, so the versions go into the path); it is torch's variable, so
-DeepSpeed's own later loads (``cpu_adam`` under ``--offload``) go there too.
+(torch then keys op folders by name alone, so the versions go into the path). It is torch's variable, so once
+set, DeepSpeed's own later loads in the run go there too. On CUDA nothing is built here (NCCL needs no op).
 """
 from __future__ import annotations
 
