@@ -9,10 +9,9 @@ leaves the trace unfinished, so every layer is fetched on demand.
 """
 from __future__ import annotations
 
-import argparse
-
 from _common import LLAMA_1B, Clock, ensure_llama_1b, ensure_toy_checkpoints, log, machine, set_cpu_env, summary, \
     versions, write_json
+from utils.args import Parser  # _common put the repo root on sys.path
 
 
 def old_token_values(engine, input_ids, attention_mask):
@@ -27,7 +26,7 @@ def old_token_values(engine, input_ids, attention_mask):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--shape", choices=["toy", "1b"], default="toy")
     parser.add_argument("--batch", type=int, default=None)

@@ -39,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common  # noqa: E402
+from utils.args import Parser  # noqa: E402  (_common put the repo root on sys.path)
 
 # step3_RL_finetune_LLM/run_step3.sh, toy branch (paths, steps and logging filled in below)
 TOY_PRESET = ["--data_split", "0,0,10", "--quality_reward", "oracle", "--alpha", "2.0",
@@ -59,7 +60,7 @@ UPDATE_PHASES = ("update_actor_forward", "update_actor_backward", "update_actor_
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--shape", choices=["toy", "1b"], default="toy")
     p.add_argument("--stages", default=None,

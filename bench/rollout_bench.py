@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common  # noqa: E402
+from utils.args import Parser, seed  # noqa: E402  (_common put the repo root on sys.path)
 
 FORCED = [("stage3_param_persistence_threshold", 0.0)]
 HEADER = ("| device | shape | ZeRO-3 config | batch | prompt | new tokens | (a) gather-once tok/s | "
@@ -33,7 +34,7 @@ HEADER = ("| device | shape | ZeRO-3 config | batch | prompt | new tokens | (a) 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--shape", choices=["toy", "1b"], default="toy")
     p.add_argument("--model", default=None, help="HF folder (default: toy step-1 model, or the random 1B one)")
@@ -54,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=None, help="timed repeats of each path (default 5 toy, 2 1b)")
     p.add_argument("--no_plain", action="store_true", help="skip the plain (no DeepSpeed) reference")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=seed, default=1234)
     p.add_argument("--layers", type=int, default=24,
                    help="--shape 1b with fewer layers (same widths and vocabulary): a cheap CPU check of that path")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",

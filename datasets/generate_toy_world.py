@@ -12,22 +12,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a script in a data folder, run by path
 
+from utils.args import Parser, finite_float, seed  # noqa: E402
 from utils.model import save_hf_checkpoint  # noqa: E402
 from utils.toy_world import (ToyWorldConfig, corpus_texts, country_names, create_tiny_llama, generate,  # noqa: E402
                               train_tokenizer)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--out_dir", default="datasets/toy_world")
     parser.add_argument("--model_dir", default="model_pth/toy-llama-base")
     parser.add_argument("--n_countries", type=int, default=ToyWorldConfig.n_countries)
     parser.add_argument("--sft_examples", type=int, default=ToyWorldConfig.sft_examples)
     parser.add_argument("--reward_pairs", type=int, default=ToyWorldConfig.reward_pairs)
     parser.add_argument("--verification_examples", type=int, default=ToyWorldConfig.verification_examples)
-    parser.add_argument("--answer_zipf_exponent", type=float, default=ToyWorldConfig.answer_zipf_exponent)
-    parser.add_argument("--zipf_exponent", type=float, default=ToyWorldConfig.zipf_exponent)
+    parser.add_argument("--answer_zipf_exponent", type=finite_float, default=ToyWorldConfig.answer_zipf_exponent)
+    parser.add_argument("--zipf_exponent", type=finite_float, default=ToyWorldConfig.zipf_exponent)
     parser.add_argument("--name_length_cue", action=argparse.BooleanOptionalAction,
                         default=ToyWorldConfig.name_length_cue,
                         help="Frequent countries get short names, so the model can see how familiar a country is "

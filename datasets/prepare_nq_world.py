@@ -16,17 +16,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a script in a data folder, run by path
 
+from utils.args import Parser, finite_float, seed  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.nq_world import NQWorldConfig, generate  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nq", required=True, help="NQ-open dev JSONL.")
     parser.add_argument("--hh", required=True, help="hh-rlhf JSONL or JSONL.gz (e.g. harmless-base test).")
     parser.add_argument("--out_dir", default="datasets/nq_world")
     for f in fields(NQWorldConfig):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+        kind = seed if f.name == "seed" else finite_float if isinstance(f.default, float) else type(f.default)
+        parser.add_argument(f"--{f.name}", type=kind, default=f.default)
     args = parser.parse_args(argv)
     for flag in ("nq", "hh"):
         if not Path(getattr(args, flag)).is_file():

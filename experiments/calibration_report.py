@@ -22,6 +22,7 @@ import numpy as np
 from experiments.toy_ablation import VARIANTS, Settings, Variant, _mean, _ms, aggregate
 from step4_evaluation.confidence_readout import READOUTS
 from step4_evaluation.metrics import confidence_and_correct, ece_if_calibrated
+from utils.args import Parser, seed
 
 TARGETS = {"ece": 0.10, "auroc": 0.75, "parse_failure_rate": 0.01, "auroc_medium": 0.60, "accuracy_drop": 0.02}
 COLUMNS = ("accuracy", "Δacc SFT", "Δacc α=0", "ece", "ece if calibrated", "auroc", "auroc easy", "auroc medium",
@@ -154,11 +155,11 @@ def write_report(out: Path, seeds: list[int], untuned: list[int], variants: tupl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/toy_ablation", help="The harness's working folder.")
     parser.add_argument("--report", default="docs/results_calibration.md")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="Seeds the variants were tuned on.")
-    parser.add_argument("--untuned_seeds", type=int, nargs="*", default=[], help="Seeds reported apart.")
+    parser.add_argument("--seeds", type=seed, nargs="+", default=[1, 2, 3], help="Seeds the variants were tuned on.")
+    parser.add_argument("--untuned_seeds", type=seed, nargs="*", default=[], help="Seeds reported apart.")
     parser.add_argument("--variants", nargs="+", required=True, help="Variants to report; ppo_alpha0 among them.")
     parser.add_argument("--confidence_readouts", nargs="+", choices=READOUTS, default=["stated"],
                         help="A section per readout (the harness's --confidence_readout runs must exist for each).")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from step4_evaluation.judges import exact_match
+from utils.args import Parser, positive_float, seed
 from utils.confidence import extract_answer
 from utils.data import json_lines
 from utils.generation import GenerationSettings, generate, response_ids
@@ -66,13 +67,13 @@ def auroc_report(model, tokenizer, test, yes, no) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="model_pth/toy/step1")
     parser.add_argument("--data", default="datasets/toy_world")
-    parser.add_argument("--learning_rate", type=float, default=3e-4)
+    parser.add_argument("--learning_rate", type=positive_float, default=3e-4)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--samples", type=int, default=4, help="Sampled answers per PPO question.")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     args = parser.parse_args(argv)
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.model, padding_side="left")

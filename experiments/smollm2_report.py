@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from utils.args import Parser
+
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("n", "accuracy", "ece", "auroc", "auroc_stated", "pearson", "spearman", "brier", "parse_failure_rate")
 ROW_ORDER = ("base/vanilla", "base/topk", "base/cot", "sft/zero_shot", "ppo_alpha0/zero_shot",
@@ -153,7 +155,7 @@ def embed(results_md: Path, section: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results/smollm2")
     parser.add_argument("--models", default="model_pth/smollm2")
     parser.add_argument("--data", default="datasets/nq_world")

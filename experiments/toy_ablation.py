@@ -29,6 +29,7 @@ import numpy as np
 from experiments.smollm2_report import real_model_section
 from step4_evaluation.confidence_readout import READOUTS
 from step4_evaluation.plots import save_figure
+from utils.args import Parser, seed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -398,10 +399,10 @@ QUICK_VARIANTS = ("ppo_alpha0", DIRECTION_VARIANT, "conqord_sum", "brier")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/toy_ablation", help="Working folder (checkpoints, logs, results).")
     parser.add_argument("--report", default="docs/results.md")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seeds", type=seed, nargs="+", default=[1, 2, 3])
     parser.add_argument("--ppo_steps", type=int, default=300)
     parser.add_argument("--variants", nargs="+", default=None, help=f"Subset of {[v.name for v in VARIANTS]}.")
     parser.add_argument("--jobs", type=int, default=2, help="Single-process PPO runs in parallel (one core each).")

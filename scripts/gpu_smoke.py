@@ -217,9 +217,11 @@ def make_table(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- cli
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("model", help="Create a random Llama and save it (HF format, safetensors, tokenizer).")
+    m = sub.add_parser("model", allow_abbrev=False,
+                       help="Create a random Llama and save it (HF format, safetensors, tokenizer).")
     m.add_argument("--tokenizer", required=True, help="Folder holding the tokenizer (the toy world's base model).")
     m.add_argument("--out", required=True)
     m.add_argument("--hidden_size", type=int, default=2048)
@@ -231,11 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--max_positions", type=int, default=4096)
     m.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     m.add_argument("--seed", type=int, default=0)
-    b = sub.add_parser("bench", help="NQ-open JSONL and TruthfulQA CSV from the toy world's evaluation questions.")
+    b = sub.add_parser("bench", allow_abbrev=False,
+                       help="NQ-open JSONL and TruthfulQA CSV from the toy world's evaluation questions.")
     b.add_argument("--world", required=True)
     b.add_argument("--out", required=True)
     b.add_argument("--n", type=int, default=16)
-    t = sub.add_parser("table", help="Print the per-step table from the logs; exit 1 if a step did not pass.")
+    t = sub.add_parser("table", allow_abbrev=False,
+                       help="Print the per-step table from the logs; exit 1 if a step did not pass.")
     t.add_argument("--smoke_dir", required=True)
     t.add_argument("--steps", nargs="+", default=list(STEPS))
     args = parser.parse_args(argv)

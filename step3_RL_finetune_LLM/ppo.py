@@ -52,10 +52,28 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch
     return (values - mean) * torch.rsqrt(var + eps) * mask
 
 
+def policy_advantages(advantages: torch.Tensor, mask: torch.Tensor, whitened: bool,
+                      routed: torch.Tensor | None = None) -> torch.Tensor:
+    """The advantages the actor is trained on: the GAE ones (whitened over the batch when asked) plus the
+    confidence terms routed to the confidence tokens. Whitening sees the GAE part only, so the answer
+    tokens' advantages never move with the confidence terms; the routed terms keep their scale (α sets it)."""
+    advantages = whiten(advantages, mask) if whitened else advantages
+    return advantages if routed is None else advantages + routed
+
+
+def minibatch_rows(size: int, minibatch: int, epoch: int) -> list[torch.Tensor]:
+    """Row indices of each minibatch in PPO epoch ``epoch``: the rollouts' own order in the first epoch (they
+    come from a shuffled loader already), then a fresh permutation per epoch (TRL's), drawn from the global
+    generator, which the trainer seeds per step: resumable, and nothing is drawn at ``--ppo_epochs 1``."""
+    order = torch.arange(size) if epoch == 0 else torch.randperm(size)
+    return list(order.split(minibatch))
+
+
 def actor_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
                mask: torch.Tensor, cliprange: float) -> torch.Tensor:
-    """Clipped surrogate objective (negated, to minimise)."""
-    ratio = torch.exp(log_probs - old_log_probs)
+    """Clipped surrogate objective (negated, to minimise). The log-ratio is masked before ``exp``
+    (DeepSpeed-Chat's form): after EOS a large drift would give ``inf``, and ``0 · inf`` is NaN."""
+    ratio = torch.exp((log_probs - old_log_probs) * mask)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
     return masked_mean(torch.max(unclipped, clipped), mask)

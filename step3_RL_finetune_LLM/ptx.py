@@ -51,7 +51,8 @@ def load_ptx_batches(args: argparse.Namespace, tokenizer) -> PtxBatches | None:
     ``None`` without the flag."""
     if not args.unsupervised_dataset_name:
         return None
-    rows, _ = load_phase_data(args.unsupervised_dataset_name, ALL_ROWS, 0, COLUMNS, args.seed, args.data_output_path)
+    rows, _ = load_phase_data(args.unsupervised_dataset_name, ALL_ROWS, 0, COLUMNS, args.seed, args.data_output_path,
+                              allow_missing_confidence=args.allow_missing_confidence)
     max_len = args.max_prompt_seq_len + args.max_answer_seq_len
     features = partial(sft_features, tokenizer, max_len=max_len)
     if args.unsup_mask_confidence:

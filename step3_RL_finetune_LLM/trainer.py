@@ -13,28 +13,33 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from step3_RL_finetune_LLM.experience import (Experience, ExperienceMaker, RewardSettings, response_log_probs,
                                               response_values, scoring_weight_at)
 from step3_RL_finetune_LLM import run_state
-from step3_RL_finetune_LLM.ppo import actor_loss, critic_loss, whiten
+from step3_RL_finetune_LLM.ppo import actor_loss, critic_loss, minibatch_rows, policy_advantages
 from step3_RL_finetune_LLM.ptx import PtxBatches, load_ptx_batches, ptx_loss
 from step3_RL_finetune_LLM.rlhf_engine import Engines, build_engines, check_inputs
 from utils import args as flags
-from utils import dist
+from utils import dist, finite
 from utils.data import encode_prompt, load_phase_data
 from utils.data_cache import cached_dataset, data_fingerprint
-from utils.files import check_output_folder, output_lock
+from utils.errors import TrainingDiverged, note_checkpoint
+from utils.files import (check_apart_from_inputs, check_output_folder, claim_output_folder, mark_output,
+                         output_lock)
 from utils.generation import GenerationSettings
 from utils.model import load_tokenizer, save_hf_checkpoint
 from utils.profiling import PhaseTimer, peak_gpu_memory_gib
-from utils.training import Logger, make_loader, set_seed
+from utils.training import Logger, make_loader, require_optimizer_steps, set_seed
 
 PHASE = 2
+# the logged numbers that stop a run when NaN/inf (others may be NaN legitimately: a Spearman of constants)
+WATCHED = ("actor_loss", "critic_loss", "unsup_loss", "quality_reward", "alignment_reward", "total_reward", "kl")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="CONQORD step 3: PPO with the dual (quality + order-preserving "
+    parser = flags.Parser(description="CONQORD step 3: PPO with the dual (quality + order-preserving "
                                                  "alignment) reward, DeepSpeed.")
     flags.add_data_args(parser, with_max_seq_len=False)
     flags.add_ppo_args(parser)
@@ -45,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_logging_args(parser)
     flags.add_dry_run_arg(parser)
     parser.add_argument("--whiten_advantages", action="store_true",
-                        help="Normalise advantages over the rollout batch (DeepSpeed-Chat does not).")
+                        help="Normalise advantages over the rollout batch (DeepSpeed-Chat does not); with "
+                             "--alignment_on_confidence_tokens only the GAE part, the routed confidence terms added after.")
     return parser
 
 
@@ -58,7 +64,8 @@ def reward_settings(args: argparse.Namespace) -> RewardSettings:
                           scoring_weight=args.confidence_scoring_weight,
                           alignment_on_confidence_tokens=args.alignment_on_confidence_tokens,
                           missing_policy=args.missing_confidence_policy,
-                          center_confidence_terms=args.center_confidence_terms)
+                          center_confidence_terms=args.center_confidence_terms,
+                          missing_eos_penalty=args.missing_eos_penalty)
 
 
 def warn_if_alignment_vanishes(args: argparse.Namespace) -> None:
@@ -72,20 +79,22 @@ def warn_if_alignment_vanishes(args: argparse.Namespace) -> None:
 
 def ppo_update(engines: Engines, experience: Experience, args: argparse.Namespace,
                update_actor: bool = True, ptx: PtxBatches | None = None, ptx_start: int = 0) -> dict[str, float]:
-    """``ppo_epochs`` passes of clipped actor and critic updates over minibatches of the experience; with
-    ``ptx``, each actor update adds the PPO-ptx loss of one batch (batches ``ptx_start`` on)."""
+    """``ppo_epochs`` passes of clipped actor and critic updates over minibatches of the experience (reshuffled
+    after the first pass, :func:`minibatch_rows`); with ``ptx``, each actor update adds the PPO-ptx loss of one
+    batch (batches ``ptx_start`` on)."""
     engines.actor.train()
     engines.critic.train()
-    advantages = whiten(experience.advantages, experience.mask) if args.whiten_advantages else experience.advantages
-    size, step = experience.sequences.shape[0], args.per_device_training_batch_size
+    advantages = policy_advantages(experience.advantages, experience.mask, args.whiten_advantages,
+                                   experience.routed_advantages)
+    size = experience.sequences.shape[0]
     losses = {"actor_loss": 0.0, "critic_loss": 0.0, **({"unsup_loss": 0.0} if ptx is not None else {})}
     count = 0
-    for _ in range(args.ppo_epochs):
-        for start in range(0, size, step):
-            rows = slice(start, start + step)
+    for epoch in range(args.ppo_epochs):
+        for rows in minibatch_rows(size, args.per_device_training_batch_size, epoch):
+            rows = rows.to(experience.sequences.device)
             seq, am, mask = experience.sequences[rows], experience.attention_mask[rows], experience.mask[rows]
             if update_actor:
-                log_probs = response_log_probs(engines.actor, seq, am, experience.prompt_width)
+                log_probs = response_log_probs(engines.actor, seq, am, experience.prompt_width, experience.temperature)
                 loss = actor_loss(log_probs, experience.log_probs[rows], advantages[rows], mask, args.cliprange)
                 losses["actor_loss"] += loss.item()
                 if ptx is not None:  # InstructGPT's objective: one update of the PPO loss + coef x the LM loss
@@ -122,8 +131,11 @@ def check_actor_trains(args: argparse.Namespace, total_steps: int, steps_per_epo
 def run(args: argparse.Namespace) -> dict:
     """Checks of the flags and ``--output_dir``, then the run under the folder's lock (one writer)."""
     flags.check_args(args)
-    check_output_folder(args.output_dir)
+    check_output_folder(args.output_dir, overwrite=args.overwrite_output_dir)
+    inputs = run_state.input_paths(args)
+    check_apart_from_inputs(args.output_dir, {f"--{flag}": paths for flag, paths in inputs.items()})
     with output_lock(Path(args.output_dir)):
+        claim_output_folder(args.output_dir)
         return _train(args)
 
 
@@ -158,6 +170,13 @@ def _train(args: argparse.Namespace) -> dict:
     check_actor_trains(args, total_steps, steps_per_epoch)
     minibatches = args.ppo_epochs * -(-args.per_device_generation_batch_size // args.per_device_training_batch_size)
     updates = total_steps * minibatches
+    actor_batches = total_steps - args.freezing_actor_steps
+    require_optimizer_steps(actor_batches * minibatches, args.gradient_accumulation_steps,
+                            f"{actor_batches} rollout batch(es) updating the actor (the run's {total_steps} less "
+                            f"--freezing_actor_steps {args.freezing_actor_steps}) x {minibatches} PPO minibatch(es) "
+                            f"each (--ppo_epochs {args.ppo_epochs}, --per_device_generation_batch_size "
+                            f"{args.per_device_generation_batch_size}, --per_device_training_batch_size "
+                            f"{args.per_device_training_batch_size})")
     engines = build_engines(args, tokenizer, updates // args.gradient_accumulation_steps)
     generation = GenerationSettings(max_new_tokens=args.max_answer_seq_len, do_sample=not args.greedy_rollouts,
                                     temperature=args.temperature, top_p=args.top_p)
@@ -166,10 +185,13 @@ def _train(args: argparse.Namespace) -> dict:
     maker = ExperienceMaker(engines, tokenizer, generation, settings, timer)
     if args.resume:
         run_state.load_resumable(engines, out, state["step"])
-    logger = Logger(args.enable_tensorboard, args.tensorboard_path, "step3_ppo")
+        note_checkpoint(_resume_note(out, state["step"]))
+    updates_done = {name: finite.UpdateCounter(getattr(engines, name)) for name in ("actor", "critic")}
+    logger = Logger(args.enable_tensorboard, args.tensorboard_path, out)
     log_file = out / run_state.LOG_FILE
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
+        mark_output(out)
         if args.resume:
             run_state.truncate_log(log_file, state["step"])
         else:
@@ -179,6 +201,8 @@ def _train(args: argparse.Namespace) -> dict:
                      f"alpha={args.alpha} ({args.align_reward_reduction}, {args.align_reward_scope}), "
                      f"quality={args.quality_reward}")
     start, buffer, step = time.time(), [], state["step"]
+    # rank 0 only, and quiet when stdout is not a terminal (tqdm's disable=None): logs keep their lines
+    bar = tqdm(total=total_steps, initial=step, desc="step 3 (PPO)", unit="step", disable=None if dist.is_main() else True)
     epochs = -(-total_steps // steps_per_epoch)  # --max_steps may ask for more than --num_train_epochs
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
@@ -189,8 +213,9 @@ def _train(args: argparse.Namespace) -> dict:
             golds = [row["answers"] for row in batch] if has_golds else None
             maker.settings = replace(settings, scoring_weight=scoring_weight_at(
                 step, args.confidence_scoring_weight, args.confidence_scoring_warmup_steps))
-            buffer.append(maker.make([row["prompt_ids"] for row in batch], golds))
+            buffer.append(_rollouts(maker, [row["prompt_ids"] for row in batch], golds, step + 1))
             step += 1
+            bar.update(1)
             if len(buffer) < args.generation_batches and step < total_steps:
                 continue
             update_actor = step > args.freezing_actor_steps
@@ -198,9 +223,13 @@ def _train(args: argparse.Namespace) -> dict:
             with timer("training"):
                 losses = [ppo_update(engines, experience, args, update_actor, ptx, (first + i) * minibatches)
                           for i, experience in enumerate(buffer)]
+            # every step, so NaN weights never reach a rollout or a resumable save
+            finite.require_finite_weights({"actor": engines.actor, "critic": engines.critic},
+                                          f"step 3, PPO step {step}", finite.PPO_HINT)
             seconds = state["seconds"] + time.time() - start  # a resumed run counts the earlier runs' time
             row = _record(buffer, losses, step, epoch, seconds)
             buffer = []
+            finite.require_finite({k: row[k] for k in WATCHED if k in row}, f"step 3, PPO step {step}", finite.PPO_HINT)
             logger.scalars(row, step, "train/")
             if dist.is_main():
                 with log_file.open("a") as handle:
@@ -210,11 +239,14 @@ def _train(args: argparse.Namespace) -> dict:
             if args.save_interval and step % args.save_interval == 0:
                 run_state.save_resumable(engines, out, {"step": step, "seconds": round(seconds, 1), "made_by": provenance},
                                 args.save_total_limit)
+                note_checkpoint(_resume_note(out, step))
             if step >= total_steps:
                 break
         if step >= total_steps:
             break
+    bar.close()
     logger.close()
+    finite.require_applied_updates(updates_done, "step 3", finite.PPO_HINT)
     run_seconds, done = time.time() - start, step - state["step"]  # this run's steps (a resume skips some)
     summary = {"steps": step, "seconds": round(state["seconds"] + run_seconds, 1), "run_seconds": round(run_seconds, 1),
                "seconds_per_step": round(run_seconds / max(done, 1), 4), **timer.per_step(done),
@@ -222,8 +254,24 @@ def _train(args: argparse.Namespace) -> dict:
     for name in ("actor", "critic"):
         folder = save_hf_checkpoint(getattr(engines, name), tokenizer, out / name, {**vars(args), "result": summary})
         dist.print_rank0(f"saved {name} to {folder}")
+    if dist.is_main():
+        run_state.drop_earlier_run(out)
     dist.print_rank0(json.dumps({"step3": summary}))
     return summary
+
+
+def _rollouts(maker: ExperienceMaker, prompts: list, golds: list | None, step: int) -> Experience:
+    try:
+        return maker.make(prompts, golds)
+    except RuntimeError as err:  # torch's sampler refuses NaN/inf probabilities: huge but finite weights
+        if "probability tensor contains" not in str(err):
+            raise
+        raise TrainingDiverged(f"step 3, PPO step {step}: the actor's sampling probabilities hold NaN/inf: training "
+                               f"diverged, so no model is saved; {finite.PPO_HINT}") from None
+
+
+def _resume_note(out: Path, step: int) -> str:
+    return f"{out / run_state.RESUME_DIR} (step {step}); continue it with --resume"
 
 
 def _record(buffer: list[Experience], losses: list[dict[str, float]], step: int, epoch: int, seconds: float) -> dict:

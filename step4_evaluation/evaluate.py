@@ -37,11 +37,11 @@ from step4_evaluation.metrics import auroc, confidence_and_correct, ece, summari
 from step4_evaluation.plots import reliability_diagram
 from step4_evaluation.prompting import get_method
 from step4_evaluation.retrieval import BM25Retriever, load_passages, plot_sweep, threshold_sweep
-from utils.args import non_negative_int, positive_float, positive_int, unit_float
+from utils.args import Parser, env_var_name, non_negative_int, positive_float, positive_int, seed, unit_float
 from utils.confidence import MISSING_CONFIDENCE, ParsedConfidence, count_statuses
 from utils.data import encode_prompt
 from utils.errors import UserError
-from utils.files import check_output_folder, output_lock
+from utils.files import check_apart_from_inputs, check_output_folder, claim_output_folder, mark_output, output_lock
 from utils.generation import GenerationSettings, generate, response_ids
 from utils.model import (CAUSAL_LM, checked_tokenizer, create_causal_lm, require_checkpoint,
                          require_vocabulary_fits)
@@ -56,7 +56,7 @@ RESULTS_JSON = "results.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="CONQORD step 4: accuracy and confidence calibration.")
+    parser = Parser(description="CONQORD step 4: accuracy and confidence calibration.")
     g = parser.add_argument_group("what to evaluate")
     g.add_argument("--checkpoints", nargs="+", required=True,
                    help="NAME=PATH (or PATH, named by its folder) of each model to compare.")
@@ -67,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prompting methods: zero_shot (the fine-tuning format), vanilla, topk, cot.")
     g.add_argument("--topk", type=positive_int, default=2, help="Guesses asked for by the topk method.")
     g.add_argument("--max_examples", type=positive_int, default=None, help="A seeded random subset of each benchmark.")
-    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--seed", type=seed, default=1234)
     g.add_argument("--output_dir", default="results/step4")
+    g.add_argument("--overwrite_output_dir", action="store_true",
+                   help="Use a non-empty --output_dir this project did not write: it is moved aside to a sibling "
+                        "NAME.moved-DATE-TIME, never deleted (without the flag such a folder is refused).")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--batch_size", type=positive_int, default=64)
     gen.add_argument("--max_new_tokens", type=positive_int, default=64)
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--truthfulqa_metric", choices=["rouge", "bleu"], default="rouge")
     j.add_argument("--judge_base_url", default=None, help="OpenAI-compatible endpoint of the LLM judge.")
     j.add_argument("--judge_model", default="gpt-4", help="LLM judge model name.")
-    j.add_argument("--judge_api_key_env", default="OPENAI_API_KEY",
+    j.add_argument("--judge_api_key_env", type=env_var_name, default="OPENAI_API_KEY",
                    help="Environment variable holding the judge's API key (never logged).")
     j.add_argument("--judge_concurrency", type=positive_int, default=8)
     j.add_argument("--judge_max_retries", type=non_negative_int, default=4)
@@ -450,6 +453,11 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
     set_seed(args.seed)
     checkpoints = parse_named(args.checkpoints, "--checkpoints")
     benchmarks = parse_named(args.benchmarks, "--benchmarks")
+    out_dir = Path(args.output_dir)
+    check_output_folder(out_dir, "--output_dir", overwrite=args.overwrite_output_dir)
+    check_apart_from_inputs(out_dir, {"--checkpoints": [path for _, path in checkpoints],
+                                      "--benchmarks": [path for _, path in benchmarks],
+                                      "--retrieval_corpus": [args.retrieval_corpus]})
     for name in args.methods:
         try:
             get_method(name, k=args.topk)
@@ -460,13 +468,13 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
                  for name, path in benchmarks}
     check_judging(args, questions)
     retriever = BM25Retriever(load_passages(args.retrieval_corpus)) if args.retrieval_corpus else None
-    out_dir = Path(args.output_dir)
-    check_output_folder(out_dir, "--output_dir")
     started = time.time()
     with output_lock(out_dir, "--output_dir"):
+        claim_output_folder(out_dir)
         earlier = earlier_results(out_dir)
         judging = Judging(args)
         out_dir.mkdir(parents=True, exist_ok=True)
+        mark_output(out_dir)
         summaries = evaluate_checkpoints(checkpoints, tokenizers, benchmarks, questions, judging, args, retriever)
         kept = [row.key for row in earlier if row.key not in {r.key for r in summaries}]
         markdown = write_reports(out_dir, merge_results(earlier, summaries), args.n_bins)

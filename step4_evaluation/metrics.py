@@ -40,7 +40,6 @@ Invalid input prints ``error: FILE:LINE: ...`` and exits with status 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import numbers
@@ -55,6 +54,7 @@ import numpy.typing as npt
 from scipy import stats
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
+from utils.args import Parser, seed, unit_float
 from utils.confidence import MISSING_CONFIDENCE
 
 # The training code's documented value (0.0): a missing stated confidence counts as no confidence.
@@ -402,7 +402,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m step4_evaluation.metrics",
         description="Calibration metrics of stated confidence from a JSONL file of {confidence, correct} records.",
     )
@@ -410,12 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n_bins", type=int, default=10, help="equal-width bins for ECE/MCE (default 10)")
     parser.add_argument(
         "--missing_confidence",
-        type=float,
+        type=unit_float,
         default=MISSING_CONFIDENCE_DEFAULT,
         help="value used for a null confidence (default %(default)s)",
     )
     parser.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for CIs; 0 = none")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--seed", type=seed, default=0, help="bootstrap seed")
     args = parser.parse_args(argv)
     try:
         summary = summarize(

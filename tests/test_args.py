@@ -44,6 +44,23 @@ def test_valid_values_parse():
     (["--num_warmup_steps", "-1"], "--num_warmup_steps"),
     (["--save_total_limit", "0"], "--save_total_limit"),
     (["--save_total_limit", "-1"], "--save_total_limit"),
+    # NaN/inf reached the losses, and seeds outside numpy's range crashed (issue 19)
+    (["--alpha", "nan"], "--alpha"),
+    (["--alpha", "inf"], "--alpha"),
+    (["--kl_ctl", "nan"], "--kl_ctl"),
+    (["--actor_learning_rate", "inf"], "--actor_learning_rate"),
+    (["--actor_learning_rate", "1e39"], "--actor_learning_rate"),  # inf in float32, where the optimizer computes
+    (["--critic_learning_rate", "nan"], "--critic_learning_rate"),
+    (["--unsup_coef", "inf"], "--unsup_coef"),
+    (["--temperature", "nan"], "--temperature"),
+    (["--gamma", "nan"], "--gamma"),
+    (["--data_split", "nan,1,1"], "--data_split"),
+    (["--data_split", "inf,0,0"], "--data_split"),
+    (["--zero3_settings", "stage3_param_persistence_threshold=nan"], "--zero3_settings"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", "99999999999"], "--seed"),
+    # no abbreviations: --alph was taken for --alpha
+    (["--alph", "0"], "--alph"),
 ])
 def test_bad_values_exit_2_naming_the_flag(capsys, extra, flag):
     with pytest.raises(SystemExit) as info:
@@ -98,10 +115,81 @@ def test_step3_flag_combinations_are_refused():
 @pytest.mark.parametrize("flag, value", [("--batch_size", "0"), ("--n_bins", "0"), ("--max_new_tokens", "0"),
                                          ("--topk", "0"), ("--max_examples", "0"), ("--bootstrap", "-1"),
                                          ("--retrieval_k", "0"), ("--judge_concurrency", "0"),
-                                         ("--missing_confidence", "2"), ("--judge_timeout", "0")])
+                                         ("--missing_confidence", "2"), ("--judge_timeout", "0"),
+                                         ("--judge_timeout", "inf"), ("--missing_confidence", "nan"),
+                                         ("--seed", "-1"), ("--seed", "4294967296"), ("--max_ex", "3")])
 def test_step4_bad_numbers_exit_2_before_anything_loads(capsys, flag, value):
     from step4_evaluation.evaluate import build_parser as step4_parser
 
     with pytest.raises(SystemExit) as info:
         step4_parser().parse_args(["--checkpoints", "m", flag, value])
     assert info.value.code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--learning_rate", "nan"), ("--learning_rate", "inf"),
+                                         ("--lora_learning_rate", "inf"), ("--weight_decay", "nan"),
+                                         ("--gradient_clipping", "inf"), ("--seed", "-1"), ("--seed", "99999999999"),
+                                         ("--learn", "1e-3")])
+def test_supervised_bad_numbers_exit_2_naming_the_flag(capsys, flag, value):
+    with pytest.raises(SystemExit) as info:
+        _supervised(flag, value)
+    assert info.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_the_extreme_seeds_parse():
+    assert _supervised("--seed", "0").seed == 0 and _supervised("--seed", str(2**32 - 1)).seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--judge_api_key", "sk-SECRET-123"], "unrecognized arguments: --judge_api_key (1 value not shown)"),
+    (["--judge_api_key=sk-SECRET-123"], "unrecognized arguments: --judge_api_key (1 value not shown)"),
+    (["--judge_api_key_env", "sk-SECRET-123"], "argument --judge_api_key_env: expects the NAME"),
+    (["--topk", "2", "sk-SECRET-123"], "unrecognized arguments: (1 value not shown)"),
+])
+def test_a_key_given_on_the_command_line_is_never_echoed(capsys, argv, named):
+    """``--judge_api_key`` was taken by prefix for ``--judge_api_key_env``, and the error printed the key."""
+    from step4_evaluation.evaluate import build_parser as step4_parser
+
+    with pytest.raises(SystemExit) as info:
+        step4_parser().parse_args(["--checkpoints", "m", *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "SECRET" not in err and named in err.splitlines()[-1]
+
+
+def test_unknown_flags_are_named_and_their_values_counted(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(REQUIRED + ["--token", "abc", "--other=xyz", "--flag"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --token --other --flag (2 values not shown)" in err and "abc" not in err
+
+
+def test_the_metrics_command_refuses_a_bad_seed_and_nan(capsys):
+    from step4_evaluation.metrics import main
+
+    for argv in (["--seed", "-1"], ["--missing_confidence", "nan"], ["--see", "1"]):
+        with pytest.raises(SystemExit) as info:
+            main(["--input", "x.jsonl", *argv])
+        assert info.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
+def _parser_calls():
+    """Every ``ArgumentParser(...)`` and ``add_parser(...)`` call in the project's code, by file and line."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        if {".venv", "tests", "shared"} & set(path.relative_to(root).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("ArgumentParser", "add_parser"):
+                yield f"{path.relative_to(root)}:{node.lineno}", node
+
+
+def test_every_parser_refuses_abbreviations():
+    """The project's parsers are ``utils.args.Parser`` (its subparsers too); a standalone script's say
+    ``allow_abbrev=False`` itself."""
+    plain = [where for where, node in _parser_calls()
+             if not any(k.arg == "allow_abbrev" and getattr(k.value, "value", True) is False for k in node.keywords)
+             and not where.startswith("utils/download.py")]  # its subparsers are Parsers
+    assert plain == []

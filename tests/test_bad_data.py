@@ -97,8 +97,8 @@ def test_value_of_the_wrong_type_names_file_line_and_key(tmp_path, required, bad
 
 def test_wrong_types_in_a_json_array_and_parquet_name_the_row(tmp_path):
     array = tmp_path / "train.json"
-    array.write_text(json.dumps([GOOD, {**GOOD, "response": 5}], indent=2))
-    _refused(re.escape(f"{array} row 2: key 'response' must be a string, got int"), load_split, str(array), "train",
+    array.write_text(json.dumps([GOOD, {**GOOD, "response": 5}], indent=2))  # the second object starts on line 11
+    _refused(re.escape(f"{array}:11: key 'response' must be a string, got int"), load_split, str(array), "train",
              STEP1)
     parquet = tmp_path / "train.parquet"
     import pyarrow as pa
@@ -180,13 +180,26 @@ def test_non_utf8_names_file_and_line(tmp_path, name):
 def test_json_array_of_non_objects_names_the_row(tmp_path):
     file = tmp_path / "train.json"
     file.write_text(json.dumps([GOOD, "just a string"]))
-    _refused(re.escape(f"{file} row 2: expected a JSON object, got str"), load_split, str(file), "train", STEP1)
+    _refused(re.escape(f"{file}:1: expected a JSON object, got str"), load_split, str(file), "train", STEP1)
 
 
 def test_invalid_json_array_names_the_line(tmp_path):
     file = tmp_path / "train.json"
     file.write_text('[\n  {"prompt": "p", "response": "r"},\n  {"prompt": "p" "response": "r"}\n]\n')
     _refused(re.escape(f"{file}:3: not valid JSON"), load_split, str(file), "train", STEP1)
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ('[\n  {"prompt": "p", "response": "r"},\n]\n', 3, "Expecting value"),  # a trailing comma
+    ('[\n  {"prompt": "p", "response": "r"}\n  {"prompt": "p", "response": "r"}\n]\n', 3, "Expecting ',' delimiter"),
+    ('[\n  {"prompt": "p", "response": "r"}\n', 3, "the array is not closed"),
+    ('[{"prompt": "p", "response": "r"}]\n\n[]\n', 3, "Extra data after the array"),
+])
+def test_malformed_json_array_names_the_line(tmp_path, text, line, message):
+    """The array is read one item at a time (to name each row's line): its syntax is checked as json.loads does."""
+    file = tmp_path / "train.json"
+    file.write_text(text)
+    _refused(re.escape(f"{file}:{line}: not valid JSON ({message}); fix it"), load_split, str(file), "train", STEP1)
 
 
 def test_csv_without_header_says_so(tmp_path):

@@ -19,7 +19,7 @@ def _write(folder, lines, name="train.jsonl"):
     return path
 
 
-def _row(prompt="### Question: q?\n### Answer:", response=" a"):
+def _row(prompt="### Question: q?\n### Answer:", response=" a\n### Confidence: 0.5"):
     return json.dumps({"prompt": prompt, "response": response})
 
 
@@ -61,8 +61,8 @@ def test_missing_local_path(tmp_path):
 
 def test_load_phase_data_and_empty_phase(tmp_path):
     folder = tmp_path / "d"
-    _write(folder, [_row(response=f" a{i}") for i in range(10)])
-    _write(folder, [_row(response=" t")], name="test.jsonl")
+    _write(folder, [_row(response=f" a{i}\n### Confidence: 0.5") for i in range(10)])
+    _write(folder, [_row(response=" t\n### Confidence: 1")], name="test.jsonl")
     cache = str(tmp_path / "cache")
     train, evaluation = load_phase_data([str(folder)], [1.0, 1.0, 0.0], phase=0, required=REQUIRED, seed=3,
                                         cache_dir=cache)

@@ -153,7 +153,8 @@ def test_deepspeed_chat_layout_train_json_and_eval_json(tmp_path):
     folder.mkdir()
     (folder / "train.json").write_text(json.dumps([_rm_static(i, response=False) for i in range(5)]))
     (folder / "eval.json").write_text(json.dumps([_rm_static(7, response=False)]))
-    train, evaluation = load_phase_data([str(folder)], [1.0, 0.0, 0.0], phase=0, required=STEP1, seed=1)
+    train, evaluation = load_phase_data([str(folder)], [1.0, 0.0, 0.0], phase=0, required=STEP1, seed=1,
+                                        allow_missing_confidence=True)  # rm-static replies state none
     assert len(train) == 5 and train.column_names == list(STEP1)
     assert evaluation["response"] == [" good 7"]
 
@@ -219,7 +220,7 @@ def test_blending_formats_with_data_split(tmp_path):
     paths, split = [str(hh), str(rm)], [1.0, 1.0, 1.0]
     seen = set()
     for phase, required in enumerate((STEP1, STEP2, STEP3)):
-        train, evaluation = load_phase_data(paths, split, phase, required, seed=5)
+        train, evaluation = load_phase_data(paths, split, phase, required, seed=5, allow_missing_confidence=True)
         assert train.column_names == list(required)
         expected = len(phase_indices(12, split, phase, 5)) + len(phase_indices(9, split, phase, 5))
         assert len(train) == expected == 7  # 4 hh-rlhf rows + 3 rm-static rows per step
@@ -233,10 +234,12 @@ def test_blending_formats_with_data_split(tmp_path):
 def test_max_train_examples_samples_the_whole_blend(tmp_path):
     hh = _jsonl(tmp_path / "hh.jsonl", [_hh(i) for i in range(20)])
     rm = _jsonl(tmp_path / "rm" / "train.jsonl", [_rm_static(100 + i) for i in range(20)])
-    train, _ = load_phase_data([str(hh), str(rm.parent)], [1, 0, 0], 0, STEP1, seed=3, max_train=10)
+    train, _ = load_phase_data([str(hh), str(rm.parent)], [1, 0, 0], 0, STEP1, seed=3, max_train=10,
+                               allow_missing_confidence=True)
     sources = ["Human: hi" in p for p in train["prompt"]]
     assert len(train) == 10 and any(sources) and not all(sources)  # rows from both datasets, not the first ten
-    again, _ = load_phase_data([str(hh), str(rm.parent)], [1, 0, 0], 0, STEP1, seed=3, max_train=10)
+    again, _ = load_phase_data([str(hh), str(rm.parent)], [1, 0, 0], 0, STEP1, seed=3, max_train=10,
+                               allow_missing_confidence=True)
     assert again["prompt"] == train["prompt"]  # seeded
 
 
@@ -253,7 +256,7 @@ def test_blending_keeps_optional_columns_only_where_all_sources_have_them(tmp_pa
 
 def _args(data: Path, **overrides) -> argparse.Namespace:
     return argparse.Namespace(**{"data_path": [str(data)], "data_split": [1.0, 0.0, 0.0], "seed": 1,
-                                 "max_train_examples": None, **overrides})
+                                 "max_train_examples": None, "allow_missing_confidence": False, **overrides})
 
 
 def test_cache_is_written_once_then_reused(tmp_path, toy_tokenizer, capsys):
@@ -294,6 +297,7 @@ def test_cache_key_follows_the_data_and_flags(tmp_path, toy_tokenizer):
     base = key()
     assert key() == base
     assert key(data_split=[2.0, 4.0, 4.0]) != base and key(seed=2) != base and key(max_train_examples=5) != base
+    assert key(allow_missing_confidence=True) != base  # a cache built with the flag must not skip the refusal
     _jsonl(data, [{"prompt": "p", "response": "r"}, {"prompt": "p2", "response": "r2"}])  # the file changed
     assert key() != base
 

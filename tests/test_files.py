@@ -6,6 +6,7 @@ import stat
 
 import pytest
 
+from utils.errors import UserError
 from utils.files import staged_folder, write_jsonl
 
 
@@ -162,8 +163,9 @@ def test_check_output_folder_refuses_what_cannot_be_a_folder(tmp_path):
                                         r"created; choose another --save_dir$"):
         check_output_folder(notes / "a" / "b", "--save_dir")
     check_output_folder(tmp_path / "new" / "deeper")  # to be created: fine
-    check_output_folder(tmp_path)  # an existing folder: fine
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # a check writes nothing
+    (tmp_path / "empty").mkdir()
+    check_output_folder(tmp_path / "empty")  # an existing empty folder: fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "notes.txt"]  # a check writes nothing
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes everywhere")
@@ -178,3 +180,139 @@ def test_check_output_folder_refuses_an_unwritable_parent(tmp_path):
             check_output_folder(locked / "out")
     finally:
         locked.chmod(0o755)
+
+
+# --- issue 19: folders this project did not write, shared places, inputs, the lock file, a full disk ---------
+
+def _notes(folder):
+    folder.mkdir(parents=True)
+    (folder / "notes.md").write_text("mine")
+    return folder
+
+
+def test_a_folder_this_project_did_not_write_is_refused_and_never_deleted(tmp_path, capsys):
+    from utils.files import check_output_folder, claim_output_folder
+
+    notes = _notes(tmp_path / "notes")
+    with pytest.raises(UserError, match=rf"^--output_dir {notes}: it holds files this project did not write; choose "
+                                        r"another --output_dir, or pass --overwrite_output_dir to move it aside "
+                                        r"\(it is never deleted\)$"):
+        check_output_folder(notes)
+    check_output_folder(notes, overwrite=True)
+    claim_output_folder(notes)
+    (aside,) = tmp_path.glob("notes.moved-*")
+    assert (aside / "notes.md").read_text() == "mine" and not notes.exists()
+    assert capsys.readouterr().out == f"moved {notes} to {aside}: it held files this project did not write " \
+                                      "(nothing of it was deleted)\n"
+
+
+def test_a_save_never_deletes_a_folder_it_did_not_write(tmp_path, capsys):
+    notes = _notes(tmp_path / "notes")
+    with staged_folder(notes) as tmp:
+        (tmp / "config.json").write_text("{}")
+    (aside,) = tmp_path.glob("notes.moved-*")
+    assert (aside / "notes.md").read_text() == "mine" and (notes / "config.json").is_file()
+    assert f"moved {notes} to {aside}" in capsys.readouterr().out
+
+
+def test_folders_of_ours_are_replaced_and_those_of_earlier_versions_recognised(tmp_path, toy_tokenizer):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from utils.files import MARKER, check_output_folder
+    from utils.model import save_hf_checkpoint
+
+    earlier = tmp_path / "step1"
+    earlier.mkdir()
+    (earlier / "training_args.json").write_text("{}")  # as versions before the marker wrote it
+    (earlier / "model.safetensors").write_bytes(b"old")
+    check_output_folder(earlier)  # no refusal
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(toy_tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    save_hf_checkpoint(model, toy_tokenizer, earlier)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step1"] and (earlier / MARKER).is_file()
+    AutoModelForCausalLM.from_pretrained(earlier)  # the marker does not disturb plain transformers
+    check_output_folder(earlier)
+
+
+def test_a_killed_runs_leftovers_do_not_make_a_folder_foreign(tmp_path):
+    from utils.files import check_output_folder
+
+    out = tmp_path / "step3"
+    (out / ".actor.tmp-123-0badf00d").mkdir(parents=True)
+    (out / ".actor.lock").write_text("")
+    check_output_folder(out)
+
+
+@pytest.mark.parametrize("where", ["cwd", "cwd_parent", "root", "home", "project"])
+def test_folders_holding_more_than_a_run_are_refused(tmp_path, monkeypatch, where):
+    from utils.files import PROJECT_ROOT, check_output_folder
+
+    cwd = tmp_path / "work" / "here"
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(tmp_path / "work"))
+    folder, what = {"cwd": (".", "the current folder"), "cwd_parent": ("../..", "a folder above the current one"),
+                    "root": ("/", "the file-system root"), "home": (str(tmp_path / "work"), "your home folder"),
+                    "project": (str(PROJECT_ROOT), "the project folder")}[where]
+    with pytest.raises(UserError, match=rf"^--output_dir .*: that is {what}; give the run a folder of its own"):
+        check_output_folder(folder, overwrite=True)
+
+
+def test_an_output_folder_over_an_input_is_refused(tmp_path):
+    from utils.files import check_apart_from_inputs
+
+    model = _notes(tmp_path / "model")
+    for out, where in ((model, "is"), (tmp_path, "holds"), (model / "sub", "lies inside")):
+        with pytest.raises(UserError, match=rf"^--output_dir {out} {where} --model_name_or_path {model}: the run "
+                                            r"would write over its own input; choose another --output_dir$"):
+            check_apart_from_inputs(out, {"--model_name_or_path": [str(model)], "--data_path": ["hub/name"]})
+    check_apart_from_inputs(tmp_path / "step2", {"--model_name_or_path": [str(model)], "--tokenizer": [None]})
+
+
+def test_the_lock_file_is_removed_at_the_end(tmp_path, monkeypatch):
+    from utils.files import output_lock
+
+    monkeypatch.delenv("RANK", raising=False)
+    with output_lock(tmp_path / "step1"):
+        assert (tmp_path / ".step1.lock").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_lock_won_on_a_removed_lock_file_is_retaken(tmp_path, monkeypatch):
+    """The unlink race: an ending holder removes the file between our open and our flock; the lock won on
+    that orphan would let a third run lock the new file at the same path too."""
+    import fcntl
+
+    from utils.files import OutputInUseError, output_lock
+
+    monkeypatch.delenv("RANK", raising=False)
+    lock, real_flock, calls = tmp_path / ".step1.lock", fcntl.flock, []
+
+    def flock_after_the_holder_left(handle, operation):
+        if not calls:
+            lock.unlink()  # the holder's exit
+        calls.append(operation)
+        return real_flock(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_holder_left)
+    with output_lock(tmp_path / "step1"):
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        with pytest.raises(OutputInUseError):
+            with output_lock(tmp_path / "step1"):
+                pass
+
+
+def test_a_full_disk_during_a_save_names_the_path_and_leaves_nothing(tmp_path):
+    import errno
+
+    target = tmp_path / "step1"
+    with pytest.raises(OSError) as raised:
+        with staged_folder(target) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a library's writer raises it
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError) as raised:  # one that names its file keeps it
+        with staged_folder(target) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "model.safetensors"))
+    assert raised.value.filename.endswith("model.safetensors")

@@ -84,6 +84,8 @@ def test_one_process_pipeline_with_resume(micro_world: Path):
     resumed = _step(3, env, *ppo, "--max_steps", "4", "--resume")
     assert [r["step"] for r in _log(out / "step3/train_log.jsonl")] == [1, 2, 3, 4]  # step 3 redone once
     assert '"steps": 4' in resumed.stdout
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == ["step1", "step2", "step3"]  # a run folder each
+    assert "step 3 (PPO)" not in resumed.stderr  # the progress bar stays quiet when not a terminal
 
     result = _run(["bash", "step4_evaluation/run_step4.sh", "--bootstrap", "20", "--methods", "zero_shot", "vanilla"],
                   {**env, "CONQORD_CHECKPOINTS": f"sft={out / 'step1'} conqord={out / 'step3/actor'}"})

@@ -1,6 +1,8 @@
 """Output folders of steps 1-3 under bad input and shared use (issue 10): whose resumable state a
 ``--resume`` may load, a log without repeated steps, the last K states kept, a frozen actor refused,
-an ``--output_dir`` that is a file, one writer per folder. Tiny models, in-process runs."""
+an ``--output_dir`` that is a file, one writer per folder; and (issue 19) a folder this project did not
+write, a run over its own inputs, an earlier run set aside until the first save, tampered or planted
+resume files, a full disk during a save. Tiny models, in-process runs."""
 from __future__ import annotations
 
 import json
@@ -89,15 +91,53 @@ def test_resume_without_a_state_stops_before_the_engines(toy_world_dir, tiny_mod
         _ppo(toy_world_dir, tiny_model, tmp_path / "step3", "--max_steps", "2", "--resume")
 
 
-def test_a_fresh_run_removes_the_old_state_and_log(toy_world_dir, tiny_model, tmp_path, capsys):
+def test_a_fresh_run_sets_the_old_state_aside_until_its_first_save(toy_world_dir, tiny_model, tmp_path, capsys):
     out = tmp_path / "step3"
     _ppo(toy_world_dir, tiny_model, out, "--max_steps", "2", "--save_interval", "1")
     assert (out / "resume/trainer_state.json").is_file()
     _ppo(toy_world_dir, tiny_model, out, "--max_steps", "1")
-    assert f"removed {out / 'resume'} and {out / 'train_log.jsonl'} of an earlier run" in capsys.readouterr().out
-    assert not (out / "resume").exists() and _steps(out) == [1]
+    printed = capsys.readouterr().out
+    assert (f"step 3: moved resume, train_log.jsonl, actor, critic of an earlier run to {out / 'earlier_run'} (no "
+            f"--resume: starting afresh); it is removed at this run's first save; if this run is stopped before, "
+            f"move them back into {out} to recover that run") in printed
+    assert f"step 3: removed {out / 'earlier_run'}" in printed  # at the final save
+    assert not (out / "resume").exists() and not (out / "earlier_run").exists() and _steps(out) == [1]
     with pytest.raises(UserError, match="no resumable checkpoint"):
         _ppo(toy_world_dir, tiny_model, out, "--max_steps", "2", "--resume")
+
+
+def test_a_fresh_run_killed_before_its_first_save_leaves_the_old_state_recoverable(toy_world_dir, tiny_model,
+                                                                                   tmp_path, monkeypatch, capsys):
+    from step3_RL_finetune_LLM import trainer
+
+    out = tmp_path / "step3"
+    _ppo(toy_world_dir, tiny_model, out, "--max_steps", "2", "--save_interval", "1")
+    old_log = (out / "train_log.jsonl").read_text()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "save_hf_checkpoint", killed)  # killed at its final save: nothing saved yet
+        with pytest.raises(KeyboardInterrupt):
+            _ppo(toy_world_dir, tiny_model, out, "--max_steps", "1")
+    aside = out / "earlier_run"
+    assert (aside / "resume/trainer_state.json").is_file() and (aside / "train_log.jsonl").read_text() == old_log
+    with pytest.raises(UserError, match=rf"{aside} holds an earlier run's items, set aside by a run killed before "
+                                        rf"its first save: move them back into {out} to resume that run"):
+        _ppo(toy_world_dir, tiny_model, out, "--max_steps", "2", "--resume")
+    capsys.readouterr()
+    with monkeypatch.context() as patch:  # killed again: the earlier run's items are kept, not the killed run's log
+        patch.setattr(trainer, "save_hf_checkpoint", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _ppo(toy_world_dir, tiny_model, out, "--max_steps", "1")
+    assert f"step 3: kept {aside}, an earlier run's items set aside by a run killed before its first save (removed " \
+           f"that run's train_log.jsonl)" in capsys.readouterr().out
+    assert (aside / "train_log.jsonl").read_text() == old_log
+    for item in aside.iterdir():  # recovering as the line says
+        item.rename(out / item.name)
+    _ppo(toy_world_dir, tiny_model, out, "--max_steps", "3", "--resume")
+    assert _steps(out) == [1, 2, 3]
 
 
 # --- 2. an actor that would never be updated -----------------------------------------------------------------
@@ -269,3 +309,147 @@ def _dead_pid() -> int:
 
     return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
+
+
+# --- issue 19: folders not ours, a run over its own inputs, shared places, resume integrity, a full disk -----
+
+def test_step1_into_a_folder_it_did_not_write_is_refused_or_moved_aside(toy_world_dir, tiny_model, tmp_path,
+                                                                        capsys):
+    from step1_supervised_finetuning_LM.main import main
+    from step1_supervised_finetuning_LM.sft import run as sft_run
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.md").write_text("mine")
+    argv = ["--data_path", str(toy_world_dir / "step1_sft"), "--model_name_or_path", str(tiny_model),
+            "--output_dir", str(notes)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"error: --output_dir {notes}: it holds files this project did not write; "
+                                       "choose another --output_dir, or pass --overwrite_output_dir to move it aside "
+                                       "(it is never deleted)\n")
+    sft_run(_sft_args(toy_world_dir, tiny_model, notes, "--overwrite_output_dir"))
+    (aside,) = tmp_path.glob("notes.moved-*")
+    assert (aside / "todo.md").read_text() == "mine" and (notes / "config.json").is_file()
+    assert f"moved {notes} to {aside}" in capsys.readouterr().out
+    sft_run(_sft_args(toy_world_dir, tiny_model, notes))  # ours now: replaced without the flag
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([aside.name, "notes"])
+
+
+def test_a_run_never_writes_over_its_own_inputs(toy_world_dir, tiny_model, tmp_path, nothing_loads, capsys):
+    from step1_supervised_finetuning_LM.sft import run as sft_run
+    from step2_reward_model.main import main as step2
+
+    step1 = shutil.copytree(tiny_model, tmp_path / "step1")
+    assert step2(["--data_path", str(toy_world_dir / "step2_reward"), "--model_name_or_path", str(step1),
+                  "--output_dir", str(step1)]) == 2
+    assert capsys.readouterr().err == (f"error: --output_dir {step1} is --model_name_or_path {step1}: the run would "
+                                       "write over its own input; choose another --output_dir\n")
+
+    with pytest.raises(UserError, match=rf"^--output_dir {tiny_model} is --model_name_or_path {tiny_model}: the run "
+                                        r"would write over its own input; choose another --output_dir$"):
+        sft_run(_sft_args(toy_world_dir, tiny_model, tiny_model))
+    with pytest.raises(UserError, match=rf"^--output_dir {toy_world_dir} holds --data_path "):
+        sft_run(_sft_args(toy_world_dir, tiny_model, toy_world_dir, "--overwrite_output_dir"))
+    with pytest.raises(UserError, match=rf"^--output_dir {tiny_model}/actor lies inside --actor_model_name_or_path"):
+        _ppo(toy_world_dir, tiny_model, tiny_model / "actor")
+
+
+def test_an_output_folder_holding_more_than_a_run_is_refused(toy_world_dir, tiny_model, tmp_path, nothing_loads,
+                                                            monkeypatch):
+    from step1_supervised_finetuning_LM.sft import run as sft_run
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^--output_dir .*: that is the current folder; give the run a folder of its "
+                                        r"own"):
+        sft_run(_sft_args(toy_world_dir, tiny_model, Path(".")))
+    with pytest.raises(UserError, match=r"that is a folder above the current one"):
+        _ppo(toy_world_dir, tiny_model, tmp_path.parent)
+
+
+class Payload:
+    """What an attacker plants in resume/: unpickling it creates ``path``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+@pytest.fixture()
+def saved_state(toy_world_dir, tiny_model, tmp_path) -> Path:
+    out = tmp_path / "step3"
+    _ppo(toy_world_dir, tiny_model, out, "--max_steps", "1", "--save_interval", "1")
+    return out
+
+
+def test_resume_refuses_a_state_whose_files_changed(toy_world_dir, tiny_model, saved_state, tmp_path, monkeypatch):
+    import torch
+
+    ran = tmp_path / "payload_ran"
+    (weights,) = (saved_state / "resume/actor/step1").glob("*model_states.pt")
+    torch.save({"module": Payload(ran)}, weights)
+    (saved_state / "resume/critic/step1/extra.pt").write_bytes(b"x")
+    _forbid_engines(monkeypatch)
+    with pytest.raises(run_state_refusal(), match=r"^--resume: the files of .*resume differ from manifest-step1\.json "
+                                                  rf"\(actor/step1/{weights.name} changed, critic/step1/extra\.pt "
+                                                  r"was added\); it is not loaded: drop --resume to start afresh$"):
+        _ppo(toy_world_dir, tiny_model, saved_state, "--max_steps", "2", "--resume")
+    (saved_state / "resume/manifest-step1.json").unlink()
+    with pytest.raises(run_state_refusal(), match=r"manifest-step1\.json is missing"):
+        _ppo(toy_world_dir, tiny_model, saved_state, "--max_steps", "2", "--resume")
+    assert not ran.exists()
+
+
+def test_resume_never_runs_a_planted_pickle_even_with_a_rewritten_manifest(toy_world_dir, tiny_model, saved_state,
+                                                                           tmp_path):
+    import hashlib
+
+    import torch
+
+    ran = tmp_path / "payload_ran"
+    (weights,) = (saved_state / "resume/actor/step1").glob("*model_states.pt")
+    torch.save({"module": Payload(ran)}, weights)
+    manifest = saved_state / "resume/manifest-step1.json"
+    sums = json.loads(manifest.read_text())
+    sums[f"actor/step1/{weights.name}"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(sums))
+    with pytest.raises(run_state_refusal(), match=rf"^--resume: .*{weights.name} holds more than tensors and plain "
+                                                  r"data \(Unsupported global: GLOBAL io\.open\); it was not "
+                                                  r"loaded: drop --resume to start afresh$"):
+        _ppo(toy_world_dir, tiny_model, saved_state, "--max_steps", "2", "--resume")
+    assert not ran.exists()
+
+
+def run_state_refusal():
+    from step3_RL_finetune_LLM.run_state import RefusedRun
+
+    return RefusedRun
+
+
+def test_a_full_disk_during_a_resumable_save_removes_it_and_names_the_path(toy_world_dir, tiny_model, tmp_path,
+                                                                           monkeypatch):
+    import errno
+
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    def disk_full(self, save_dir, tag, **kwargs):
+        (Path(save_dir) / tag).mkdir(parents=True, exist_ok=True)
+        (Path(save_dir) / tag / "mp_rank_00_model_states.pt").write_bytes(b"half")  # 2 MB in a real run
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(DeepSpeedEngine, "save_checkpoint", disk_full)
+    out = tmp_path / "step3"
+    with pytest.raises(OSError) as raised:
+        _ppo(toy_world_dir, tiny_model, out, "--max_steps", "2", "--save_interval", "1")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(out / "resume")
+    assert not list((out / "resume").rglob("step1"))
+
+
+@pytest.mark.parametrize("stage", ["2", "3"])
+def test_zero_states_resume_under_weights_only_loading(toy_world_dir, tiny_model, tmp_path, stage):
+    """ZeRO's optimizer states hold a loss scaler, its stage and fragment addresses: allowlisted, they load."""
+    out, zero = tmp_path / "step3", ["--actor_zero_stage", stage, "--critic_zero_stage", stage]
+    _ppo(toy_world_dir, tiny_model, out, "--max_steps", "1", "--save_interval", "1", *zero)
+    _ppo(toy_world_dir, tiny_model, out, "--max_steps", "2", "--resume", *zero)
+    assert _steps(out) == [1, 2]

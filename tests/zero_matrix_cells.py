@@ -12,6 +12,7 @@ import json
 import sys
 import traceback
 from pathlib import Path
+from typing import Sequence
 
 # Real partitioning and prefetch on a hidden-32 model: persist nothing, fetch in small buckets ahead.
 ZERO3_SETTINGS = ["stage3_param_persistence_threshold=0", "stage3_prefetch_bucket_size=5e4",
@@ -31,7 +32,9 @@ def step_flags(stage: int, lora: int, offload: bool) -> tuple[list[str], list[st
     return supervised, supervised, ppo
 
 
-def run_cell(world: Path, base: Path, out: Path, stage: int, lora: int, offload: bool) -> dict:
+def run_cell(world: Path, base: Path, out: Path, stage: int, lora: int, offload: bool,
+             ppo_extra: Sequence[str] = ()) -> dict:
+    """``ppo_extra``: step-3 flags added last (argparse keeps the last value of a repeated flag)."""
     from step1_supervised_finetuning_LM import sft
     from step2_reward_model import reward_model
     from step3_RL_finetune_LLM import trainer
@@ -46,7 +49,7 @@ def run_cell(world: Path, base: Path, out: Path, stage: int, lora: int, offload:
          "--output_dir", str(step2), *step2_flags]))
     summary = trainer.run(trainer.build_parser().parse_args(
         ["--data_path", str(world / "step3_ppo"), "--data_split", "0,0,10", "--actor_model_name_or_path", str(step1),
-         "--critic_model_name_or_path", str(step2), "--output_dir", str(step3), *step3_flags]))
+         "--critic_model_name_or_path", str(step2), "--output_dir", str(step3), *step3_flags, *ppo_extra]))
     return {"steps": summary["steps"]}
 
 

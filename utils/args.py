@@ -1,15 +1,69 @@
 """Command-line flags, grouped by concern and defined once for all steps (the authors' names kept).
 
 Each step's ``main.py`` builds its parser from these groups; :func:`check_args` refuses bad values
-at start with a message that names the flag.
+at start with a message that names the flag. Every parser of the project is a :class:`Parser` (no
+abbreviated flags; unknown arguments named, their values never echoed). Float flags refuse NaN and
+infinities (:func:`finite_float`), seeds lie in numpy's range (:func:`seed`).
 """
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from typing import Sequence
 
 from utils.ds_config import DTYPES
 from utils.reward import MISSING_POLICIES, REDUCTIONS, SCORING_RULES
+
+SEED_RANGE = (0, 2**32 - 1)  # numpy's seeds (np.random.seed refuses others)
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizers compute in float32: a larger learning rate crashes them
+
+
+class Parser(argparse.ArgumentParser):
+    """Every command-line parser of the project. Flags are never abbreviated (``--judge_api_key sk-…`` must not
+    be taken as ``--judge_api_key_env``), and an error about unknown arguments names the unknown flags only:
+    the values beside them may be secrets, and argparse would echo them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+    def parse_args(self, args=None, namespace=None):
+        known, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {redacted(unknown)}")
+        return known
+
+
+def redacted(arguments: Sequence[str]) -> str:
+    """``--flag`` of each unknown flag, values counted but never shown."""
+    shown = [text.split("=", 1)[0] for text in arguments if text.startswith("-")]
+    hidden = sum(1 for text in arguments if not text.startswith("-") or "=" in text)
+    if hidden:
+        shown.append(f"({hidden} value{'s' if hidden > 1 else ''} not shown)")
+    return " ".join(shown)
+
+
+def finite_float(text: str) -> float:
+    """A float that is neither NaN nor infinite, in float32 too: it would reach the losses and the weights."""
+    value = float(text)
+    if not abs(value) <= FLOAT32_MAX:  # also false for NaN
+        raise argparse.ArgumentTypeError(f"must be a finite number (at most {FLOAT32_MAX:.3g} in size), got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    value = int(text)
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"must lie in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {text}")
+    return value
+
+
+def env_var_name(text: str) -> str:
+    """The name of an environment variable, not its value: a key given here by mistake is not echoed."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        raise argparse.ArgumentTypeError("expects the NAME of an environment variable (letters, digits, _), "
+                                         "not a key; the value given is not shown")
+    return text
 
 
 def _positive(kind):
@@ -29,7 +83,7 @@ def non_negative_int(text: str) -> int:
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = finite_float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
@@ -37,14 +91,14 @@ def _non_negative_float(text: str) -> float:
 
 def _unit_float(text: str) -> float:
     value = float(text)
-    if not 0.0 <= value <= 1.0:
+    if not 0.0 <= value <= 1.0:  # also false for NaN
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
     return value
 
 
 # the checks above, for other modules' parsers (step 4)
 positive_int = _positive(int)
-positive_float = _positive(float)
+positive_float = _positive(finite_float)
 unit_float = _unit_float
 
 
@@ -53,7 +107,7 @@ def _data_split(text: str) -> list[float]:
         parts = [float(p) for p in text.split(",")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or sum(parts) <= 0:
         raise argparse.ArgumentTypeError(f"expects three non-negative weights such as 10,0,0 (step 1, 2, 3), got {text!r}")
     return parts
 
@@ -73,6 +127,10 @@ def add_data_args(parser: argparse.ArgumentParser, with_max_seq_len: bool = True
         g.add_argument("--max_seq_len", type=_positive(int), default=512)
     g.add_argument("--max_train_examples", type=_positive(int), default=None,
                    help="Use at most this many training examples (quick runs).")
+    g.add_argument("--allow_missing_confidence", action="store_true",
+                   help="Train on step-1-format rows (step 1's data, step 3's PPO-ptx rows) whose response states no "
+                        "confidence in [0, 1] (none, unreadable or out of range); they are counted per file. "
+                        "Without it they are refused at start.")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +146,7 @@ def add_training_args(parser: argparse.ArgumentParser, learning_rate: float = 1e
     g = parser.add_argument_group("training")
     g.add_argument("--per_device_train_batch_size", type=_positive(int), default=16)
     g.add_argument("--per_device_eval_batch_size", type=_positive(int), default=16)
-    g.add_argument("--learning_rate", type=_positive(float), default=learning_rate)
+    g.add_argument("--learning_rate", type=positive_float, default=learning_rate)
     g.add_argument("--weight_decay", type=_non_negative_float, default=0.0)
     g.add_argument("--num_train_epochs", type=_positive(int), default=1)
     g.add_argument("--max_steps", type=_positive(int), default=None,
@@ -98,7 +156,7 @@ def add_training_args(parser: argparse.ArgumentParser, learning_rate: float = 1e
                    choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                             "constant_with_warmup"])
     g.add_argument("--num_warmup_steps", type=non_negative_int, default=0)
-    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--seed", type=seed, default=1234)
     g.add_argument("--gradient_checkpointing", action="store_true")
     g.add_argument("--eval_interval", type=non_negative_int, default=0, help="Evaluate every N optimizer steps (0: per epoch).")
 
@@ -109,9 +167,9 @@ def add_lora_args(parser: argparse.ArgumentParser, prefix: str = "", default_mod
     g.add_argument(f"--{prefix}lora_dim", type=int, default=0, help="LoRA rank; 0 trains the full model.")
     g.add_argument(f"--{prefix}lora_module_name", default=default_module,
                    help="Linear layers whose name contains this string get an adapter.")
-    g.add_argument(f"--{prefix}lora_learning_rate", type=_positive(float), default=5e-4,
+    g.add_argument(f"--{prefix}lora_learning_rate", type=positive_float, default=5e-4,
                    help="Learning rate of the LoRA parameters.")
-    g.add_argument(f"--{prefix}lora_scaling", type=_positive(float), default=1.0,
+    g.add_argument(f"--{prefix}lora_scaling", type=positive_float, default=1.0,
                    help="Adapter output is scaled by lora_scaling / lora_dim.")
     g.add_argument(f"--{prefix}lora_dropout", type=_unit_float, default=0.0)
 
@@ -124,8 +182,8 @@ def add_only_optimize_lora(parser: argparse.ArgumentParser) -> None:
 def _zero_setting(text: str) -> tuple[str, float]:
     key, sep, value = text.partition("=")
     try:
-        number = float(value)
-    except ValueError:
+        number = finite_float(value)
+    except (ValueError, argparse.ArgumentTypeError):
         number = None
     if not sep or not key.startswith("stage3_") or number is None:
         raise argparse.ArgumentTypeError(f"expects stage3_NAME=NUMBER (e.g. stage3_param_persistence_threshold=0), "
@@ -151,10 +209,23 @@ def add_deepspeed_args(parser: argparse.ArgumentParser, prefixes: Sequence[str] 
 def add_logging_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("logging")
     g.add_argument("--output_dir", required=True, help="Where the final HF checkpoint is written.")
+    g.add_argument("--overwrite_output_dir", action="store_true",
+                   help="Use a non-empty --output_dir this project did not write: it is moved aside to a sibling "
+                        "NAME.moved-DATE-TIME, never deleted (without the flag such a folder is refused).")
     g.add_argument("--enable_tensorboard", action="store_true")
     g.add_argument("--tensorboard_path", default="runs")
     g.add_argument("--print_loss", action="store_true")
     g.add_argument("--log_interval", type=_positive(int), default=10)
+
+
+def _ppo_top_p(text: str) -> float:
+    """Only 1.0: PPO's log-probs are of the whole tempered distribution (TRL fixes top-p = 1 too); nucleus
+    sampling would draw the rollouts from another policy, and the reference would give its cut tokens −inf."""
+    value = float(text)
+    if value != 1.0:
+        raise argparse.ArgumentTypeError(f"must be 1.0 in PPO (rollouts from the nucleus would be off-policy: the "
+                                         f"log-probs are of the full distribution); use --temperature, got {text}")
+    return value
 
 
 def add_ppo_args(parser: argparse.ArgumentParser) -> None:
@@ -183,13 +254,13 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--num_train_epochs", type=_positive(int), default=1)
     t.add_argument("--max_steps", type=_positive(int), default=None, help="Stop after this many rollout batches.")
     t.add_argument("--gradient_accumulation_steps", type=_positive(int), default=1)
-    t.add_argument("--actor_learning_rate", type=_positive(float), default=1e-6)
-    t.add_argument("--critic_learning_rate", type=_positive(float), default=1e-6)
+    t.add_argument("--actor_learning_rate", type=positive_float, default=1e-6)
+    t.add_argument("--critic_learning_rate", type=positive_float, default=1e-6)
     t.add_argument("--actor_weight_decay", type=_non_negative_float, default=0.0)
     t.add_argument("--critic_weight_decay", type=_non_negative_float, default=0.0)
     t.add_argument("--lr_scheduler_type", default="constant", choices=["constant", "linear", "cosine"])
     t.add_argument("--num_warmup_steps", type=non_negative_int, default=0)
-    t.add_argument("--seed", type=int, default=1234)
+    t.add_argument("--seed", type=seed, default=1234)
     t.add_argument("--freezing_actor_steps", type=non_negative_int, default=0,
                    help="Train only the critic for the first N steps (OpenRLHF's flag): a critic initialised "
                         "from the reward model starts far from the returns, and its errors swamp the advantages.")
@@ -203,9 +274,9 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--unsup_mask_confidence", action="store_true",
                    help="Beyond the paper: PPO-ptx ignores the labels of the rows' stated confidence numbers, so it "
                         "holds the answers and the format but does not pull confidence levels back to step 1's.")
-    t.add_argument("--clip_reward_value", type=_positive(float), default=5.0)
-    t.add_argument("--cliprange", type=_positive(float), default=0.2)
-    t.add_argument("--cliprange_value", type=_positive(float), default=0.2)
+    t.add_argument("--clip_reward_value", type=positive_float, default=5.0)
+    t.add_argument("--cliprange", type=positive_float, default=0.2)
+    t.add_argument("--cliprange_value", type=positive_float, default=0.2)
     t.add_argument("--gamma", type=_unit_float, default=1.0)
     t.add_argument("--lam", type=_unit_float, default=0.95)
     t.add_argument("--save_interval", type=non_negative_int, default=0, help="Save a resumable checkpoint every N steps (0: never).")
@@ -219,8 +290,11 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("generation")
     g.add_argument("--max_prompt_seq_len", type=_positive(int), default=256)
     g.add_argument("--max_answer_seq_len", type=_positive(int), default=256)
-    g.add_argument("--temperature", type=_positive(float), default=1.0)
-    g.add_argument("--top_p", type=_unit_float, default=1.0)
+    g.add_argument("--temperature", type=positive_float, default=1.0,
+                   help="Rollout sampling temperature; the old, new and reference log-probs use the same tempered "
+                        "logits (TRL's form), so PPO stays on-policy.")
+    g.add_argument("--top_p", type=_ppo_top_p, default=1.0,
+                   help="Accepted for compatibility; only 1.0 (nucleus rollouts would be off-policy).")
     g.add_argument("--greedy_rollouts", action="store_true", help="Greedy rollouts (the authors' setting).")
 
     r = parser.add_argument_group("conqord reward")
@@ -254,11 +328,15 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
                    help="Beyond the paper: 'worst' gives a rollout that states no (or a malformed) confidence, in R_A "
                         "and in the scoring rule, the worst value it could have stated, so dropping the tag never "
                         "pays; 'fixed' uses --missing_confidence everywhere.")
+    r.add_argument("--missing_eos_penalty", type=_non_negative_float, default=0.0,
+                   help="TRL's flag: subtracted from the sequence reward (before --clip_reward_value) of a rollout "
+                        "cut by --max_answer_seq_len without a stop token; the reward model scores it closed by EOS "
+                        "and cannot see the cut. 0: off.")
 
 
 def supervised_parser(description: str, learning_rate: float) -> argparse.ArgumentParser:
     """The flags of steps 1 and 2 (they differ only in their default learning rate)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = Parser(description=description)
     add_data_args(parser)
     add_model_args(parser)
     add_training_args(parser, learning_rate=learning_rate)

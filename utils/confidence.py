@@ -23,8 +23,9 @@ Status = Literal["ok", "clamped", "missing", "malformed"]
 
 _TAG_RE = re.compile(r"#+\s*Confidence\s*:?", re.IGNORECASE)
 _VALUE_RE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(%)?")
-# Where the answer ends: the confidence tag, or any next "###" block the model starts on its own.
-_ANSWER_END_RE = re.compile(r"\n?\s*#{2,}")
+# Where the answer ends: the confidence tag (one "#" is enough for the parser), or any other "##" block the
+# model starts on its own, such as a tag cut by the length limit (" Zinmol\n### Confid").
+_ANSWER_END_RE = re.compile(rf"#{{2,}}|{_TAG_RE.pattern}", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -72,26 +73,33 @@ def parse_failure_rate(parsed: Sequence[ParsedConfidence]) -> float:
     return sum(p.value is None for p in parsed) / len(parsed)
 
 
-def extract_answer(text: str) -> str:
-    """The answer text of a response: everything before the confidence tag or the next block."""
+def answer_end(text: str) -> int | None:
+    """Where the answer of a response ends: the character of its confidence tag or of any other ``##`` block,
+    None without one. The one rule behind :func:`extract_answer` and :func:`confidence_cut_index`, so the
+    reward model scores the answer that is matched against the gold answers."""
     end = _ANSWER_END_RE.search(text)
-    answer = text if end is None else text[: end.start()]
-    return answer.strip()
+    return None if end is None else end.start()
+
+
+def extract_answer(text: str) -> str:
+    """The answer text of a response: everything before :func:`answer_end`."""
+    return text[: answer_end(text)].strip()
 
 
 def confidence_cut_index(token_ids: Sequence[int], tokenizer) -> int:
-    """Number of leading response tokens that belong to the answer (the confidence span removed).
+    """Number of leading response tokens that belong to the answer (:func:`answer_end`: the confidence span
+    and any other ``##`` block removed).
 
-    Works on token ids for any tokenizer: the character where the confidence tag starts is found in
-    the decoded text, then the shortest token prefix that decodes to the whole answer is kept, so the
-    whitespace before the tag goes too. Without a tag, every token is kept.
+    Works on token ids for any tokenizer: the character where the answer ends is found in the decoded
+    text, then the shortest token prefix that decodes to the whole answer is kept, so the whitespace
+    before the tag goes too. Without an end, every token is kept.
     """
     ids = list(token_ids)
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    tag = _TAG_RE.search(text)
-    if tag is None:
+    end = answer_end(text)
+    if end is None:
         return len(ids)
-    return _shortest_prefix_covering(ids, tokenizer, len(text[: tag.start()].rstrip()))
+    return _shortest_prefix_covering(ids, tokenizer, len(text[:end].rstrip()))
 
 
 def confidence_value_token_span(token_ids: Sequence[int], tokenizer) -> tuple[int, int] | None:

@@ -9,7 +9,13 @@ every row is checked where it is read: an empty file, a byte that is not UTF-8, 
 value of the wrong type (:data:`COLUMN_TYPES`) stops with a :class:`DataError` naming the file and line
 (or row), before any model loads. Rows are then converted from their source format
 (:mod:`utils.data_formats`: canonical, rm-static, hh-rlhf) into the step's canonical columns, so one run
-can blend entries of different formats.
+can blend entries of different formats. JSON objects naming a key twice are refused (``json`` would keep
+the last value silently, as a CSV header naming a column twice would).
+
+Rows that teach nothing are not trained on silently: reward pairs with identical replies are dropped and
+counted (:mod:`utils.data_formats`), and every ``response`` (step 1's rows, step 3's PPO-ptx rows) must
+state a confidence that :func:`utils.confidence.parse_confidence` reads in [0, 1]; rows that do not are
+counted per file and refused, or trained on with ``--allow_missing_confidence``.
 
 Canonical columns: step 1 ``prompt`` + ``response``; step 2 ``prompt`` + ``chosen`` + ``rejected``;
 step 3 ``prompt`` (+ optional ``answers``, a list of gold strings, for the oracle quality reward);
@@ -20,6 +26,8 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -27,13 +35,20 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from utils.data_formats import (CANONICAL, detect_format, given_source_columns, source_columns, split_hub_name,
-                                to_canonical)
-from utils.errors import UserError
+from utils import dist
+from utils.confidence import parse_confidence
+from utils.data_formats import (CANONICAL, DataError, detect_format, given_source_columns, source_columns,
+                                split_hub_name, to_canonical)
 
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".parquet")
 SPLIT_FILES = {"test": ("test", "eval")}  # file stems of a split in a folder; DeepSpeed-Chat writes eval.json
 IGNORE_INDEX = -100
+WHERE = "_where"  # a temporary column: where a row came from ("file:line"), to name the first bad row
+ALLOW_MISSING_CONFIDENCE = "--allow_missing_confidence"
+# What a response's confidence status (utils.confidence) means for a training row.
+_CONFIDENCE_FAULTS = {"missing": "no confidence line", "malformed": "no readable number after the tag",
+                      "clamped": "outside [0, 1]"}
+JSON_FILE_HINT = "a .json file holds one JSON array of objects, or one object per line"
 
 TEXT, ANSWER_LIST = "text", "answer list"
 # What each known column holds, for steps 1-3 and step 4's benchmarks alike. A bare string where a list
@@ -45,10 +60,6 @@ EMPTY_HINT = "add rows to it or remove it"
 # Files whose rows all have the same columns: a missing column is the file's fault, said once.
 _COLUMN_HINTS = {".csv": "the first line must be the header naming the columns",
                  ".parquet": "re-create it with the needed columns"}
-
-
-class DataError(UserError):
-    pass
 
 
 def empty_error(file: Path | str, hint: str) -> DataError:
@@ -104,38 +115,108 @@ def text_lines(file: Path | str) -> Iterator[tuple[int, str]]:
         raise DataError(f"{file}: cannot be read ({err}); re-create or replace it") from None
 
 
-def json_lines(file: Path | str) -> Iterator[tuple[str, dict]]:
+class _DuplicateKey(Exception):
+    """Raised by :func:`_unique_keys` inside ``json``; the reader turns it into a :class:`DataError` naming the line."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` refusing an object that names a key twice (``json`` keeps the last silently)."""
+    duplicate = _first_duplicate([key for key, _ in pairs])
+    if duplicate is not None:
+        raise _DuplicateKey(duplicate)
+    return dict(pairs)
+
+
+def _duplicate_key_error(where: str, err: _DuplicateKey) -> DataError:
+    return DataError(f"{where}: key {err.key!r} appears twice in one object; rename or remove one")
+
+
+def _json_object(where: str, item: Any) -> dict:
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    return item
+
+
+def json_lines(file: Path | str, hint: str = "") -> Iterator[tuple[str, dict]]:
     """``("file:line", row)`` for each non-blank line of a JSONL file (gzipped when it ends in ``.gz``); a
-    line that is not a JSON object stops with a :class:`DataError` naming the file and line."""
+    line that is not a JSON object, or names a key twice, stops with a :class:`DataError` naming the file
+    and line (and ending with ``hint`` where the line is not JSON)."""
     file = Path(file)
     for number, line in text_lines(file):
         if not line.strip():
             continue
         where = f"{file}:{number}"
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not valid JSON ({err.msg}); fix or remove the line") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        yield where, row
+            raise DataError(f"{where}: not valid JSON ({err.msg}); fix or remove the line"
+                            + (f" ({hint})" if hint else "")) from None
+        except _DuplicateKey as err:
+            raise _duplicate_key_error(where, err) from None
+        yield where, _json_object(where, row)
 
 
 def _json_rows(file: Path) -> Iterator[tuple[str, dict]]:
-    """Rows of a ``.json`` file: one JSON array of objects (DeepSpeed-Chat's ``train.json``), else JSON lines."""
+    """Rows of a ``.json`` file: one JSON array of objects (DeepSpeed-Chat's ``train.json``), else JSON lines.
+    One object over several lines (pretty-printed) is neither, and refused: it could be one row or a table
+    of columns."""
     text = "".join(line for _, line in text_lines(file))
-    if not text.lstrip().startswith("["):
-        yield from json_lines(file)
+    start = len(text) - len(text.lstrip())
+    if text.startswith("[", start):
+        yield from _json_array_rows(file, text, start)
         return
     try:
-        items = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{file}:{err.lineno}: not valid JSON ({err.msg}); fix it") from None
-    for number, item in enumerate(items, start=1):
-        where = f"{file} row {number}"
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
-        yield where, item
+        end = json.JSONDecoder().raw_decode(text, start)[1]
+    except json.JSONDecodeError:
+        end = start  # not JSON from the start: json_lines names the line
+    first, last = text.count("\n", 0, start) + 1, text.count("\n", 0, end) + 1
+    if last > first:
+        raise DataError(f"{file}:{first}: one JSON object over lines {first}-{last}; {JSON_FILE_HINT}: wrap it in "
+                        "[ ] or write each row on one line")
+    yield from json_lines(file, JSON_FILE_HINT)
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_array_rows(file: Path, text: str, start: int) -> Iterator[tuple[str, dict]]:
+    """``("file:line", row)`` for each item of the JSON array at ``text[start]``, decoded one item at a time
+    so each row is named by the line it starts on."""
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
+    line, counted = 1, 0
+
+    def line_at(pos: int) -> int:  # counted incrementally: the positions only grow
+        nonlocal line, counted
+        line, counted = line + text.count("\n", counted, pos), pos
+        return line
+
+    def invalid(pos: int, message: str) -> DataError:
+        return DataError(f"{file}:{line_at(pos)}: not valid JSON ({message}); fix it")
+
+    pos = _JSON_SPACE.match(text, start + 1).end()
+    more = not text.startswith("]", pos)
+    while more:
+        where = f"{file}:{line_at(pos)}"
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{file}:{err.lineno}: not valid JSON ({err.msg}); fix it") from None
+        except _DuplicateKey as err:
+            raise _duplicate_key_error(where, err) from None
+        yield where, _json_object(where, item)
+        pos = _JSON_SPACE.match(text, pos).end()
+        more = text.startswith(",", pos)
+        if more:  # an item must follow: a trailing comma fails to decode, as in json.loads
+            pos = _JSON_SPACE.match(text, pos + 1).end()
+        elif not text.startswith("]", pos):
+            raise invalid(pos, "Expecting ',' delimiter" if pos < len(text) else "the array is not closed")
+    rest = _JSON_SPACE.match(text, pos + 1).end()
+    if rest < len(text):
+        raise invalid(rest, "Extra data after the array")
 
 
 def csv_rows(file: Path, where: Callable[[int], str]) -> Iterator[tuple[str, dict[str, str]]]:
@@ -230,8 +311,8 @@ def check_row(row: Any, required: Sequence[str], where: str, given: Sequence[str
 
 def _checked_rows(file: Path, rows: Iterable[tuple[str, dict]], required: Sequence[str], optional: Sequence[str],
                   column_hint: str | None) -> tuple[list[dict], str]:
-    """Every row checked for what its format needs and cut to the columns the step reads; and the format,
-    which the first row decides (one file, one format).
+    """Every row checked for what its format needs and cut to the columns the step reads (+ :data:`WHERE`);
+    and the format, which the first row decides (one file, one format).
 
     An ``optional`` column the first row has is read from every row, so every row needs it; one that only
     later rows have is refused, as the rows before would lack it. With ``column_hint`` (files whose rows
@@ -252,7 +333,7 @@ def _checked_rows(file: Path, rows: Iterable[tuple[str, dict]], required: Sequen
             raise DataError(f"{where}: key {late!r} is given here but not in the first row; give it in every row "
                             "or in none")
         check_row(row, needed, where, given)
-        kept.append({column: row.get(column) for column in columns})
+        kept.append({**{column: row.get(column) for column in columns}, WHERE: where})
     if not kept:
         raise empty_error(file, EMPTY_HINT)
     return kept, fmt
@@ -282,7 +363,8 @@ def _read_local(file: Path, required: Sequence[str], optional: Sequence[str]):
 
 
 def _read_hub(name: str, split: str, required: Sequence[str], cache_dir: str | None):
-    """A hub dataset's split as it is and its format (registry, else columns); ``None`` without the split."""
+    """A hub dataset's split as it is (+ :data:`WHERE`) and its format (registry, else columns); ``None``
+    without the split."""
     import datasets
 
     repo, data_dir = split_hub_name(name)
@@ -296,11 +378,11 @@ def _read_hub(name: str, split: str, required: Sequence[str], cache_dir: str | N
     missing = [key for key in source_columns(fmt, required) if key not in ds.column_names]
     if missing:
         raise DataError(f"--data_path {name}: columns {missing} missing for its {fmt} format (has {ds.column_names})")
-    return ds, fmt
+    return ds.add_column(WHERE, [f"{name} ({split}) row {number}" for number in range(1, len(ds) + 1)]), fmt
 
 
 def _read_split(path: str, split: str, required: Sequence[str], optional: Sequence[str], cache_dir: str | None):
-    """``(rows as in the source, format)`` of one split, ``None`` where a folder/hub dataset lacks it."""
+    """``(rows as in the source + WHERE, format)`` of one split, ``None`` where a folder/hub dataset lacks it."""
     local = Path(path)
     if local.is_dir():
         file = _split_file(local, split)
@@ -319,7 +401,39 @@ def load_split(path: str, split: str, required: Sequence[str], cache_dir: str | 
     train split), or a hub name. ``None`` when a folder/hub dataset lacks the split. ``cache_dir`` is the
     ``datasets`` cache of hub downloads."""
     found = _read_split(path, split, required, optional, cache_dir)
-    return None if found is None else to_canonical(*found, required, optional, source=f"{path} ({split})")
+    if found is None:
+        return None
+    _, rows = _canonical(*found, f"{path} ({split})", required, optional)
+    return rows.remove_columns(WHERE)
+
+
+def _canonical(rows, fmt: str, source: str, required: Sequence[str], optional: Sequence[str]) -> tuple:
+    """``(source, rows converted from fmt)``, :data:`WHERE` kept."""
+    return source, to_canonical(rows, fmt, required, (*optional, WHERE), source=source)
+
+
+def _confidence_faults(rows, source: str) -> str | None:
+    """How many ``response`` rows state no confidence the one parser reads in [0, 1], and where the first
+    is; ``None`` when every row does."""
+    statuses = [parse_confidence(response).status for response in rows["response"]]
+    bad = [i for i, status in enumerate(statuses) if status != "ok"]
+    if not bad:
+        return None
+    kinds = ", ".join(f"{_CONFIDENCE_FAULTS[status]}: {n}"
+                      for status, n in Counter(statuses[i] for i in bad).most_common())
+    return (f"{source}: {len(bad)} of {len(rows)} responses state no usable confidence ({kinds}; first at "
+            f"{rows[bad[0]][WHERE]})")
+
+
+def _require_confidences(faults: Sequence[str | None], allowed: bool) -> None:
+    """Refuses rows that would teach a response without a confidence (one line over all files), or with
+    ``allowed`` prints their counts and lets them train."""
+    faults = [fault for fault in faults if fault]
+    if faults and not allowed:
+        raise DataError("; ".join(faults) + "; end each response with '### Confidence: <number in [0, 1]>', or "
+                        f"pass {ALLOW_MISSING_CONFIDENCE} to train on them as they are")
+    for fault in faults:
+        dist.print_rank0(f"{fault}; training on them ({ALLOW_MISSING_CONFIDENCE})")
 
 
 def phase_indices(n: int, data_split: Sequence[float], phase: int, seed: int) -> np.ndarray:
@@ -342,31 +456,35 @@ def _blend(parts: Sequence, required: Sequence[str], optional: Sequence[str]):
 
 def load_phase_data(paths: Sequence[str], data_split: Sequence[float], phase: int, required: Sequence[str],
                     seed: int, cache_dir: str | None = None, max_train: int | None = None,
-                    optional: Sequence[str] = ()):
+                    optional: Sequence[str] = (), allow_missing_confidence: bool = False):
     """Train and eval sets of one step, blended over all ``--data_path`` entries (of any formats),
     refused when empty.
 
     Each entry's train split is cut by ``data_split`` before conversion, so dropped rows never shift
-    another step's share. ``optional`` columns are kept where every dataset has them."""
-    trains, evals = [], []
+    another step's share. ``optional`` columns are kept where every dataset has them. Where the step reads
+    ``response``, responses without a usable confidence are refused unless ``allow_missing_confidence``."""
+    trains, evals = [], []  # (source, rows)
     for path in paths:
         found = _read_split(path, "train", required, optional, cache_dir)
         if found is None:
             raise _no_train_split(path)
         rows, fmt = found
         phase_rows = rows.select(phase_indices(len(rows), data_split, phase, seed))
-        trains.append(to_canonical(phase_rows, fmt, required, optional, source=f"{path} (train)"))
-        test = load_split(path, "test", required, cache_dir, optional)
+        trains.append(_canonical(phase_rows, fmt, f"{path} (train)", required, optional))
+        test = _read_split(path, "test", required, optional, cache_dir)
         if test is not None:
-            evals.append(test)
-    train = _blend(trains, required, optional)
+            evals.append(_canonical(*test, f"{path} (test)", required, optional))
+    if "response" in required:
+        _require_confidences([_confidence_faults(part, source) for source, part in trains + evals],
+                             allow_missing_confidence)
+    train = _blend([part for _, part in trains], required, optional)
     if max_train is not None and max_train < len(train):
         # a seeded sample of the blend, not its first rows (which all come from the first --data_path)
         train = train.select(np.sort(np.random.default_rng(seed).permutation(len(train))[:max_train]))
     if len(train) == 0:
         raise DataError(f"--data_path {' '.join(paths)} with --data_split {data_split}: "
                         f"no training rows for step {phase + 1}; check the split weights")
-    evaluation = _blend(evals, required, optional) if evals else None
+    evaluation = _blend([part for _, part in evals], required, optional) if evals else None
     return train, evaluation
 
 

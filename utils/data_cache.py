@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from utils import dist
 from utils.data import DataError
 
-CACHE_VERSION = 1  # bump when a change to conversion or tokenisation makes old folders wrong
+CACHE_VERSION = 2  # bump when a change to conversion or tokenisation makes old folders wrong
 T = TypeVar("T")  # a datasets.Dataset or DatasetDict
 
 
@@ -44,6 +44,8 @@ def data_fingerprint(args, tokenizer: PreTrainedTokenizerBase, *, step: str, pha
     return {"version": CACHE_VERSION, "step": step, "phase": phase, "columns": list(columns),
             "data": [path_stamp(p) for p in args.data_path], "data_split": list(args.data_split),
             "seed": args.seed, "max_train_examples": args.max_train_examples,
+            # rows refused without the flag must not be reused from a run that had it
+            "allow_missing_confidence": args.allow_missing_confidence,
             "tokenizer": [path_stamp(tokenizer.name_or_path), len(tokenizer)], "max_len": max_len}
 
 

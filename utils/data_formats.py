@@ -14,6 +14,10 @@ step 3 ``prompt`` (+ optional ``answers``). Formats:
   dropped and counted in one printed line: the public data has such rows (9 of the 2,312 harmless-base
   test pairs), so refusing them would refuse the dataset.
 
+In every format, a reward pair whose chosen and rejected replies are the same (after stripping
+whitespace) teaches nothing (its loss cannot fall, its accuracy is 0): such pairs are dropped and counted
+the same way. An entry none of whose rows is usable is refused with a :class:`DataError`.
+
 A hub name picks its format from :data:`HUB_FORMATS`; anything else is recognised by its columns.
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from utils import dist
+from utils.errors import UserError
 
 CANONICAL, RM_STATIC, HH_RLHF = "canonical", "rm-static", "hh-rlhf"
 
@@ -35,6 +40,11 @@ HUB_FORMATS: dict[str, str] = {
 
 ASSISTANT = "\n\nAssistant:"
 DROP = "_drop_reason"  # a temporary column: why a row cannot be used ("" when it can)
+SAME_PAIR = "chosen and rejected are the same"
+
+
+class DataError(UserError):
+    """A data file or dataset the run cannot use (defined here, below :mod:`utils.data`, which re-exports it)."""
 
 
 def split_hub_name(name: str) -> tuple[str, str | None]:
@@ -119,25 +129,40 @@ def _rm_static_row(row: dict[str, Any]) -> dict[str, str]:
     return {"response": row.get("response") or row["chosen"]}
 
 
-def _drop_unusable(ds, source: str):
+def _same_pair(row: dict[str, Any]) -> dict[str, str]:
+    """Marks a pair with identical replies, unless the row is already dropped for another reason."""
+    if row.get(DROP) or row["chosen"].strip() != row["rejected"].strip():
+        return {DROP: row.get(DROP, "")}
+    return {DROP: SAME_PAIR}
+
+
+def _drop_unusable(ds, source: str, fmt: str):
+    """``ds`` without its rows marked in :data:`DROP`, counted in one printed line; refused when none is left."""
     reasons = Counter(reason for reason in ds[DROP] if reason)
     if reasons:
         counts = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
-        dist.print_rank0(f"{source}: dropped {sum(reasons.values())} of {len(ds)} hh-rlhf rows ({counts})")
+        if sum(reasons.values()) == len(ds):
+            raise DataError(f"{source}: none of its {len(ds)} {fmt} rows is usable ({counts}); fix the rows or "
+                            "remove the entry")
+        dist.print_rank0(f"{source}: dropped {sum(reasons.values())} of {len(ds)} {fmt} rows ({counts})")
         ds = ds.filter(lambda reason: not reason, input_columns=DROP)
     return ds.remove_columns(DROP)
 
 
 def to_canonical(ds, fmt: str, required: Sequence[str], optional: Sequence[str] = (), source: str = "data"):
     """``ds`` (rows already checked for :func:`source_columns`) in the canonical ``required`` columns, plus
-    the ``optional`` ones it has; ``source`` names it in the dropped-rows line."""
+    the ``optional`` ones it has, without its unusable rows; ``source`` names it in the dropped-rows line."""
     columns = list(required) + [c for c in optional if c in ds.column_names and c not in required]
     if len(ds) == 0:  # ``map`` never calls the function on no rows, so it would add no columns
         return _empty(ds, columns)
     if fmt == HH_RLHF:
-        ds = _drop_unusable(ds.map(_hh_rlhf_row, fn_kwargs={"required": tuple(required)}), source)
+        ds = ds.map(_hh_rlhf_row, fn_kwargs={"required": tuple(required)})
     elif fmt == RM_STATIC and "response" in required:
         ds = ds.map(_rm_static_row)
+    if "rejected" in required:
+        ds = ds.map(_same_pair)
+    if DROP in ds.column_names:
+        ds = _drop_unusable(ds, source, fmt)
     return ds.select_columns(columns)
 
 

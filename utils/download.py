@@ -16,6 +16,7 @@ import huggingface_hub
 from huggingface_hub import constants
 from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 
+from utils.args import Parser
 from utils.errors import UserError, exits_cleanly_on_user_error
 from utils.files import staged_folder
 
@@ -51,7 +52,7 @@ def fetch(kind: str, name: str, target: Path, revision: str | None, subset: str 
     """``snapshot_download`` into a staged folder; every hub failure becomes one :class:`UserError` line."""
     patterns = [f"{subset}/*"] if subset else None
     url = HUB_URL[kind].format(name)
-    with staged_folder(target) as tmp:
+    with staged_folder(target, ours=False) as tmp:  # --force asked to replace what is there
         try:
             huggingface_hub.snapshot_download(name, repo_type=kind, revision=revision, local_dir=tmp,
                                               allow_patterns=patterns)
@@ -73,7 +74,7 @@ def fetch(kind: str, name: str, target: Path, revision: str | None, subset: str 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m utils.download", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m utils.download", description=__doc__.split("\n\n")[0])
     kinds = parser.add_subparsers(dest="kind", required=True)
     for kind, help_text in (("model", "a model repo, e.g. meta-llama/Llama-2-7b-hf"),
                             ("dataset", "a dataset repo, e.g. Anthropic/hh-rlhf or hooope/CONQORD_dataset")):

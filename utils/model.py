@@ -18,11 +18,12 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                          AutoTokenizer, PreTrainedTokenizerBase)
+                          AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase)
 
 from utils import dist
-from utils.errors import UserError
+from utils.errors import TrainingDiverged, UserError
 from utils.files import staged_folder
+from utils.finite import DIVERGED_HINT, agreed
 from utils.generation import stop_token_ids
 from utils.lora import convert_linear_to_lora, fuse_lora_state_dict, lora_scalings, only_optimize_lora
 
@@ -180,10 +181,18 @@ def _zero3_construction(ds_config: dict[str, Any] | None) -> Iterator[Any]:
         yield None
 
 
-def _no_dropout(config) -> None:
-    for key in ("dropout", "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop",
-                "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob"):
-        if hasattr(config, key):
+_DROPOUT_KEY = re.compile(r"dropout|pdrop|layerdrop")
+
+
+def _no_dropout(config: PretrainedConfig) -> None:
+    """Every dropout probability the config has set to 0, whatever its family calls it (OPT's
+    ``activation_dropout``, GPT-2's ``*_pdrop``, ``layerdrop``), in nested configs too: a fixed list of
+    names left some on, and a dropped-out forward makes the PPO ratio of an unchanged policy differ from 1."""
+    for key in config.to_dict():
+        value = getattr(config, key, None)
+        if isinstance(value, PretrainedConfig):
+            _no_dropout(value)
+        elif _DROPOUT_KEY.search(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
             setattr(config, key, 0.0)
 
 
@@ -312,9 +321,14 @@ def save_hf_checkpoint(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out
     everything goes to a temporary sibling folder that replaces ``output_dir`` in one rename.
 
     Every rank must call this (ZeRO-3 gathers are collective); only rank 0 writes, and every rank returns
-    once the folder is complete (the next step may read it at once).
+    once the folder is complete (the next step may read it at once). Weights holding NaN/inf are not written:
+    every rank raises ``TrainingDiverged``.
     """
     state = consolidated_state_dict(model)
+    finite = state is None or all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
+    if not agreed(finite):  # rank 0 holds the state; the others learn its verdict
+        raise TrainingDiverged(f"the weights to be saved to {output_dir} hold NaN/inf: training diverged, so they are "
+                               f"not saved; {DIVERGED_HINT}")
     if state is not None:  # rank 0
         _write_hf_folder(getattr(model, "module", model), state, tokenizer, Path(output_dir), args)
     dist.barrier()

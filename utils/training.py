@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from utils import dist
+from utils import dist, finite
 from utils.ds_config import train_ds_config
+from utils.errors import UserError
 from utils.lora import is_lora_parameter
 from utils.profiling import peak_gpu_memory_gib
 
@@ -82,14 +83,16 @@ def make_loader(dataset: Dataset, batch_size: int, collate: Callable, shuffle: b
 
 
 class Logger:
-    """TensorBoard (tensorboardX) scalars and printed lines, on rank 0 only."""
+    """TensorBoard (tensorboardX) scalars on rank 0 only, in a run folder named after the run's output folder
+    (``--tensorboard_path/<output folder name>``), so runs that share a ``--tensorboard_path`` (the toy
+    pipeline's two step-3 runs) are separate curves side by side; a resumed run continues its own."""
 
-    def __init__(self, enabled: bool, path: str, name: str):
+    def __init__(self, enabled: bool, path: str, output_dir: str | os.PathLike):
         self.writer = None
         if enabled and dist.is_main():
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(path, name))
+            self.writer = SummaryWriter(os.path.join(path, Path(output_dir).resolve().name))
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
         if self.writer is not None:
@@ -109,17 +112,27 @@ class TrainResult:
     evaluations: list[dict[str, float]] = field(default_factory=list)
 
 
-def steps_per_epoch(loader: DataLoader, accumulation: int) -> int:
-    return max(len(loader) // accumulation, 1)
+def require_optimizer_steps(micro_batches: int, accumulation: int, source: str) -> int:
+    """The optimizer steps of a run of ``micro_batches`` (described by ``source``): DeepSpeed updates once per
+    ``accumulation`` of them, counting across epochs. A run that would make none is refused at start: it would
+    save its input model unchanged."""
+    if micro_batches < accumulation:
+        raise UserError(f"{source} make {micro_batches} micro-batch(es) per rank in all, fewer than "
+                        f"--gradient_accumulation_steps {accumulation}: the run would make no optimizer step; lower "
+                        "--gradient_accumulation_steps or the batch size, or train on more data")
+    return micro_batches // accumulation
 
 
 def train_loop(engine, loader: DataLoader, loss_fn: Callable[[Any, dict], torch.Tensor],
-               evaluate: Callable[[], dict[str, float]], *, epochs: int, max_steps: int | None,
+               evaluate: Callable[[], dict[str, float]], *, name: str, epochs: int, max_steps: int | None,
                eval_interval: int, logger: Logger, print_loss: bool, log_interval: int) -> TrainResult:
-    """Plain epoch loop; ``engine.step()`` applies the update at each accumulation boundary."""
+    """Plain epoch loop; ``engine.step()`` applies the update at each accumulation boundary. A non-finite
+    loss or eval metric, or a run whose every update DeepSpeed skipped, raises ``TrainingDiverged``
+    (:mod:`utils.finite`) before the weights take a NaN update or the caller saves them."""
     result = TrainResult()
     start = time.time()
     device = engine.device
+    updates = finite.UpdateCounter(engine)
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         engine.train()
@@ -127,6 +140,8 @@ def train_loop(engine, loader: DataLoader, loss_fn: Callable[[Any, dict], torch.
         for batch in bar:
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = loss_fn(engine, batch)
+            finite.require_finite({"training loss": loss.item()},
+                                  f"{name}, epoch {epoch + 1}, optimizer step {result.steps + 1}", finite.SUPERVISED_HINT)
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
@@ -140,21 +155,23 @@ def train_loop(engine, loader: DataLoader, loss_fn: Callable[[Any, dict], torch.
                 if print_loss:
                     dist.print_rank0(f"epoch {epoch + 1} step {result.steps} loss {value:.4f}")
             if eval_interval and result.steps % eval_interval == 0:
-                _record(result, evaluate(), logger, engine)
+                _record(result, evaluate(), logger, engine, name)
             if max_steps is not None and result.steps >= max_steps:
                 break
         if not eval_interval:
-            _record(result, evaluate(), logger, engine)
+            _record(result, evaluate(), logger, engine, name)
         if max_steps is not None and result.steps >= max_steps:
             break
     if eval_interval:
-        _record(result, evaluate(), logger, engine)
+        _record(result, evaluate(), logger, engine, name)
+    finite.require_applied_updates({"model": updates}, name, finite.SUPERVISED_HINT)
     result.seconds = time.time() - start
     return result
 
 
-def _record(result: TrainResult, metrics: dict[str, float], logger: Logger, engine) -> None:
+def _record(result: TrainResult, metrics: dict[str, float], logger: Logger, engine, name: str) -> None:
     engine.train()
+    finite.require_finite(metrics, f"{name}, evaluation at step {result.steps}", finite.SUPERVISED_HINT)
     metrics = {"step": result.steps, **metrics}
     result.evaluations.append(metrics)
     logger.scalars(metrics, result.steps, "eval/")
@@ -176,7 +193,7 @@ def batched(items: Iterable, size: int) -> Iterable[list]:
 @dataclass(frozen=True)
 class SupervisedStep:
     """What distinguishes step 1 from step 2 for :func:`run_supervised_step`."""
-    name: str  # "step1" / "step2": log and tensorboard names
+    name: str  # "step1" / "step2": log lines and the data cache key
     phase: int  # index into --data_split
     columns: tuple[str, ...]
     producer: str  # what writes --model_name_or_path, for the missing-checkpoint message
@@ -200,11 +217,15 @@ def supervised_ds_config(args, world_size: int) -> dict[str, Any]:
 def run_supervised_step(args, step: SupervisedStep) -> dict:
     """Checks of the flags and ``--output_dir``, then the run under the folder's lock (one writer)."""
     from utils import args as flags
-    from utils.files import check_output_folder, output_lock
+    from utils.files import check_apart_from_inputs, check_output_folder, claim_output_folder, output_lock
 
     flags.check_args(args)
-    check_output_folder(args.output_dir)
+    check_output_folder(args.output_dir, overwrite=args.overwrite_output_dir)
+    check_apart_from_inputs(args.output_dir, {"--model_name_or_path": [args.model_name_or_path],
+                                              "--tokenizer_name_or_path": [args.tokenizer_name_or_path],
+                                              "--data_path": args.data_path})
     with output_lock(Path(args.output_dir)):
+        claim_output_folder(args.output_dir)
         return _train_supervised(args, step)
 
 
@@ -228,21 +249,35 @@ def _train_supervised(args, step: SupervisedStep) -> dict:
     require_vocabulary_fits(args.model_name_or_path, "--model_name_or_path", tokenizer, f"{tokenizer_flag} {tokenizer_path}")
 
     def tokenized() -> DatasetDict:
+        """``train`` and, where the data has a test split, ``eval``."""
         train, evaluation = load_phase_data(args.data_path, args.data_split, step.phase, step.columns, args.seed,
-                                            args.data_output_path, args.max_train_examples)
-        if evaluation is None:  # no test split: score a slice of the training rows
-            evaluation = train.select(range(min(len(train), 256)))
+                                            args.data_output_path, args.max_train_examples,
+                                            allow_missing_confidence=args.allow_missing_confidence)
         encode = partial(step.features, tokenizer=tokenizer, max_len=args.max_seq_len)
-        return DatasetDict(train=train.map(encode, remove_columns=list(step.columns)),
-                           eval=evaluation.map(encode, remove_columns=list(step.columns)))
+        splits = {"train": train} if evaluation is None else {"train": train, "eval": evaluation}
+        return DatasetDict({name: rows.map(encode, remove_columns=list(step.columns))
+                            for name, rows in splits.items()})
 
     fingerprint = data_fingerprint(args, tokenizer, step=step.name, phase=step.phase, columns=step.columns,
                                    max_len=args.max_seq_len)
     data = cached_dataset(args.data_output_path, fingerprint, tokenized)
-    train, evaluation = data["train"], data["eval"]
+    train = data["train"]
+    if "eval" in data:
+        evaluation = data["eval"]
+    else:  # no test split: score a slice of the training rows, and say so on every run (cached or not)
+        evaluation = train.select(range(min(len(train), 256)))
+        dist.print_rank0(f"warning: --data_path {' '.join(args.data_path)} has no test split, so the eval scores "
+                         f"are of {len(evaluation)} training rows, not held-out ones; add a test file (e.g. "
+                         "test.jsonl beside train.jsonl)")
     collate = partial(step.collate, pad_id=tokenizer.pad_token_id)
     train_loader = make_loader(train, args.per_device_train_batch_size, collate, True, args.seed)
     eval_loader = make_loader(evaluation, args.per_device_eval_batch_size, collate, False, args.seed)
+    source = (f"{len(train)} training rows in {len(train_loader)} batch(es) per rank (--per_device_train_batch_size "
+              f"{args.per_device_train_batch_size}, {dist.world_size()} rank(s)) x --num_train_epochs "
+              f"{args.num_train_epochs}")
+    available = require_optimizer_steps(len(train_loader) * args.num_train_epochs, args.gradient_accumulation_steps,
+                                        source)
+    total_steps = min(args.max_steps or available, available)  # --max_steps stops early; epochs bound the run
 
     ds_config = supervised_ds_config(args, dist.world_size())
     model = step.create_model(args.model_name_or_path, tokenizer, args.dtype, ds_config, args.disable_dropout)
@@ -250,15 +285,14 @@ def _train_supervised(args, step: SupervisedStep) -> dict:
         model.gradient_checkpointing_enable()
     apply_lora(model, args.lora_dim, args.lora_module_name, args.lora_scaling, args.lora_dropout,
                args.only_optimize_lora)
-    total_steps = args.max_steps or steps_per_epoch(train_loader, args.gradient_accumulation_steps) * args.num_train_epochs
     engine = build_engine(model, ds_config, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                           lora_learning_rate=args.lora_learning_rate, scheduler=args.lr_scheduler_type,
                           warmup_steps=args.num_warmup_steps, total_steps=total_steps)
-    logger = Logger(args.enable_tensorboard, args.tensorboard_path, step.name)
+    logger = Logger(args.enable_tensorboard, args.tensorboard_path, args.output_dir)
     dist.print_rank0(f"{step.name}: {len(train)} training rows, {len(evaluation)} eval rows, {total_steps} steps")
     before = step.evaluate(engine, eval_loader)
     dist.print_rank0("before training: " + json.dumps(before))
-    result = train_loop(engine, train_loader, step.loss, lambda: step.evaluate(engine, eval_loader),
+    result = train_loop(engine, train_loader, step.loss, lambda: step.evaluate(engine, eval_loader), name=step.name,
                         epochs=args.num_train_epochs, max_steps=args.max_steps, eval_interval=args.eval_interval,
                         logger=logger, print_loss=args.print_loss, log_interval=args.log_interval)
     logger.close()
