@@ -1,4 +1,4 @@
-"""Evaluation benchmarks as plain records: TruthfulQA (generation), NQ-open and the toy world.
+"""Evaluation benchmarks as plain records: TruthfulQA (generation), NQ-open, the toy world and the facts world.
 
 Every loader returns a list of dicts with the keys
 
@@ -8,9 +8,11 @@ Every loader returns a list of dicts with the keys
 * ``answers`` (list[str]): the correct references / gold aliases, deduplicated in order. TruthfulQA:
   the Best Answer first, then the Correct Answers;
 * ``incorrect_answers`` (list[str]): TruthfulQA's Incorrect Answers, ``[]`` for the others;
-* ``benchmark``: ``"truthfulqa"``, ``"nq_open"`` or ``"toy"``;
-* ``difficulty`` (str or None): the toy world's ``easy|medium|hard``, None elsewhere;
-* toy world only, when present in the file: ``sft_count`` (how often the fact was seen in SFT).
+* ``benchmark``: ``"truthfulqa"``, ``"nq_open"``, ``"toy"`` or ``"facts"``;
+* ``difficulty`` (str or None): the toy world's ``easy|medium|hard``, the facts world's popularity third
+  ``low|mid|high``, None elsewhere;
+* toy world only, when present in the file: ``sft_count`` (how often the fact was seen in SFT); facts
+  world only: ``form`` and ``popularity`` (:mod:`utils.facts_world`).
 
 Local files are read directly (through :mod:`utils.data`'s readers, no ``datasets`` cache) so that a bad
 row is reported as ``file:line``: an empty file, a byte that is not UTF-8, answers that are not a list of
@@ -26,12 +28,13 @@ import numpy as np
 
 from utils.data import DataError, check_value, csv_rows, empty_error, json_lines
 
-BENCHMARKS = ("truthfulqa", "nq_open", "toy")
+BENCHMARKS = ("truthfulqa", "nq_open", "toy", "facts")
 TRUTHFULQA_HUB = ("truthfulqa/truthful_qa", "generation", "validation")  # formerly "truthful_qa"
 NQ_OPEN_HUB = ("google-research-datasets/nq_open", None, "validation")  # formerly "nq_open"
 TRUTHFULQA_COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
 TRUTHFULQA_SEPARATOR = ";"  # the CSV joins answers with "; "
 TOY_EVAL_FILE = "eval/test.jsonl"
+FACTS_EVAL_FILE = "eval/facts.jsonl"
 JSONL_EMPTY_HINT = "pass a file with one JSON question per line"
 
 
@@ -133,26 +136,38 @@ def load_nq_open(path: str | None = None) -> list[dict]:
     return records
 
 
-def load_toy(path: str) -> list[dict]:
-    """The toy world's evaluation questions: ``eval/test.jsonl`` (or the toy-world folder holding it)."""
+def _world_rows(benchmark: str, path: str | None, eval_file: str) -> Iterable[tuple[dict, list[str], str]]:
+    """A generated world's evaluation rows: ``path`` is the file, or the world's folder holding ``eval_file``."""
+    what = f"the {benchmark} world's folder or its {eval_file}"
     if path is None:
-        raise DataError("the toy benchmark needs a path: the toy world's folder or its eval/test.jsonl")
+        raise DataError(f"the {benchmark} benchmark needs a path: {what}")
     file = Path(path)
     if file.is_dir():
-        file = file / TOY_EVAL_FILE
-    file = _existing_file(file, "the toy world's eval/test.jsonl")
-    records = []
-    for i, (row, answers, where) in enumerate(_read_jsonl(file, ("answers", "answer"))):
-        extra = {"sft_count": row["sft_count"]} if "sft_count" in row else {}
-        records.append(_record("toy", i, row["question"], answers, where, difficulty=row.get("difficulty"), **extra))
-    if not records:
+        file = file / eval_file
+    file = _existing_file(file, what)
+    rows = list(_read_jsonl(file, ("answers", "answer")))
+    if not rows:
         raise empty_error(file, JSONL_EMPTY_HINT)
-    return records
+    return rows
+
+
+def load_toy(path: str) -> list[dict]:
+    """The toy world's evaluation questions: ``eval/test.jsonl`` (or the toy-world folder holding it)."""
+    return [_record("toy", i, row["question"], answers, where, difficulty=row.get("difficulty"),
+                    **({"sft_count": row["sft_count"]} if "sft_count" in row else {}))
+            for i, (row, answers, where) in enumerate(_world_rows("toy", path, TOY_EVAL_FILE))]
+
+
+def load_facts(path: str) -> list[dict]:
+    """The facts world's evaluation questions (``eval/facts.jsonl``); the difficulty is the popularity third."""
+    return [_record("facts", i, row["question"], answers, where, difficulty=row.get("third"),
+                    form=row.get("form"), popularity=row.get("popularity"))
+            for i, (row, answers, where) in enumerate(_world_rows("facts", path, FACTS_EVAL_FILE))]
 
 
 # --------------------------------------------------------------------------------------------- dispatch
 LOADERS: dict[str, Callable[[str | None], list[dict]]] = {
-    "truthfulqa": load_truthfulqa, "nq_open": load_nq_open, "toy": load_toy,
+    "truthfulqa": load_truthfulqa, "nq_open": load_nq_open, "toy": load_toy, "facts": load_facts,
 }
 
 

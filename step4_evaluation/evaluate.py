@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoints", nargs="+", required=True,
                    help="NAME=PATH (or PATH, named by its folder) of each model to compare.")
     g.add_argument("--benchmarks", nargs="+", default=["toy=datasets/toy_world/eval/test.jsonl"],
-                   help="KIND or KIND=PATH with KIND in truthfulqa, nq_open, toy (no path: the hub's copy); "
+                   help="KIND or KIND=PATH with KIND in truthfulqa, nq_open, toy, facts (no path: the hub's copy); "
                         "KIND/LABEL=PATH names a second set of the same kind (e.g. toy/seen=…/seen.jsonl).")
     g.add_argument("--methods", nargs="+", default=["zero_shot"],
                    help="Prompting methods: zero_shot (the fine-tuning format), vanilla, topk, cot.")

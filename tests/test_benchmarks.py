@@ -126,6 +126,18 @@ def test_toy_without_sft_count_and_without_path(tmp_path):
         load_benchmark("toy")
 
 
+def test_facts_world_eval_gives_the_popularity_third_as_difficulty(tmp_path):
+    (tmp_path / "eval").mkdir()
+    row = {"question": "What is the capital of Bolivia?", "answer": ["Sucre", "La Paz"], "form": "capital",
+           "entity": "BO", "subject": "Bolivia", "popularity": 60.45, "third": "mid"}
+    (tmp_path / "eval" / "facts.jsonl").write_text(json.dumps(row) + "\n")
+    (record,) = load_benchmark("facts", str(tmp_path))  # the world's folder
+    assert record["answers"] == ["Sucre", "La Paz"] and record["difficulty"] == "mid"
+    assert record["benchmark"] == "facts" and record["popularity"] == 60.45 and record["form"] == "capital"
+    with pytest.raises(DataError, match="the facts benchmark needs a path"):
+        load_benchmark("facts")
+
+
 # --------------------------------------------------------------------------------------------- bad input
 CSV_HEADER = "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
 
