@@ -37,7 +37,8 @@ from step4_evaluation.metrics import auroc, confidence_and_correct, ece, summari
 from step4_evaluation.plots import reliability_diagram
 from step4_evaluation.prompting import get_method
 from step4_evaluation.retrieval import BM25Retriever, load_passages, plot_sweep, threshold_sweep
-from utils.args import Parser, env_var_name, non_negative_int, positive_float, positive_int, seed, unit_float
+from utils.args import (Parser, add_overwrite_output_dir_arg, env_var_name, non_negative_int, positive_float,
+                        positive_int, seed, unit_float)
 from utils.confidence import MISSING_CONFIDENCE, ParsedConfidence, count_statuses
 from utils.data import encode_prompt
 from utils.errors import UserError
@@ -69,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_examples", type=positive_int, default=None, help="A seeded random subset of each benchmark.")
     g.add_argument("--seed", type=seed, default=1234)
     g.add_argument("--output_dir", default="results/step4")
-    g.add_argument("--overwrite_output_dir", action="store_true",
-                   help="Use a non-empty --output_dir this project did not write: it is moved aside to a sibling "
-                        "NAME.moved-DATE-TIME, never deleted (without the flag such a folder is refused).")
+    add_overwrite_output_dir_arg(g)
     gen = parser.add_argument_group("generation")
     gen.add_argument("--batch_size", type=positive_int, default=64)
     gen.add_argument("--max_new_tokens", type=positive_int, default=64)

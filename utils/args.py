@@ -206,12 +206,17 @@ def add_deepspeed_args(parser: argparse.ArgumentParser, prefixes: Sequence[str] 
     g.add_argument("--local_rank", type=int, default=-1, help="Set by the deepspeed launcher.")
 
 
+def add_overwrite_output_dir_arg(group: argparse._ArgumentGroup) -> None:
+    """``--overwrite_output_dir`` (the HF Trainer's flag), beside each step's ``--output_dir`` (step 4's too)."""
+    group.add_argument("--overwrite_output_dir", action="store_true",
+                       help="Use a non-empty --output_dir this project did not write: it is moved aside to a sibling "
+                            "NAME.moved-DATE-TIME, never deleted (without the flag such a folder is refused).")
+
+
 def add_logging_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("logging")
     g.add_argument("--output_dir", required=True, help="Where the final HF checkpoint is written.")
-    g.add_argument("--overwrite_output_dir", action="store_true",
-                   help="Use a non-empty --output_dir this project did not write: it is moved aside to a sibling "
-                        "NAME.moved-DATE-TIME, never deleted (without the flag such a folder is refused).")
+    add_overwrite_output_dir_arg(g)
     g.add_argument("--enable_tensorboard", action="store_true")
     g.add_argument("--tensorboard_path", default="runs")
     g.add_argument("--print_loss", action="store_true")

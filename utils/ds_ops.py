@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
 from utils.errors import UserError
+from utils.files import lock_holder, record_holder
 
 PROJECT_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "torch_extensions"
 TIMEOUT_ENV = "CONQORD_OP_BUILD_TIMEOUT"
@@ -63,8 +63,7 @@ def build_lock(folder: Path, timeout: float) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
+                holder = lock_holder(handle, "another process")
                 if time.monotonic() >= deadline:
                     raise OpBuildLockError(
                         f"{path}: held by {holder} for over {timeout:.0f} s while building a DeepSpeed op; wait for "
@@ -74,10 +73,7 @@ def build_lock(folder: Path, timeout: float) -> Iterator[None]:
                           flush=True)
                     announced = True
                 time.sleep(1.0)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
+        record_holder(handle)
         yield  # closing the handle releases the flock
 
 

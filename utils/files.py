@@ -255,10 +255,7 @@ def output_lock(folder: str | os.PathLike, flag: str = "--output_dir") -> Iterat
     lock.parent.mkdir(parents=True, exist_ok=True)
     handle = _locked(lock, folder, flag)
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
+        record_holder(handle)
         yield
     finally:
         lock.unlink(missing_ok=True)  # while still held: a waiter that opened it sees another inode and retries
@@ -273,8 +270,7 @@ def _locked(lock: Path, folder: Path, flag: str):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "a process"
+            holder = lock_holder(handle, "a process")
             handle.close()
             raise OutputInUseError(f"{flag} {folder}: another run is writing there ({holder}); wait for it to end "
                                    f"or choose another {flag}") from None
@@ -286,3 +282,18 @@ def _locked(lock: Path, folder: Path, flag: str):
         if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
             return handle
         handle.close()
+
+
+def record_holder(handle) -> None:
+    """Write this process (pid, host, start) into a lock file whose ``flock`` it holds: a process that finds
+    the lock held names its holder (:func:`lock_holder`)."""
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+
+
+def lock_holder(handle, unknown: str) -> str:
+    """Who holds the lock file open in ``handle``, as :func:`record_holder` wrote it (``unknown`` if nothing yet)."""
+    handle.seek(0)
+    return handle.read().strip() or unknown
