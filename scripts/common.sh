@@ -2,7 +2,7 @@
 # Shared by run_step{1..4}.sh: the preset, paths from environment variables, and the launcher.
 #
 #   CONQORD_PRESET   paper (default: Llama-2-7B recipe, 4 GPUs, ZeRO-3) | toy (embedded toy world, CPU) |
-#                    smollm2 (SmolLM2-135M-Instruct on NQ-open + hh-rlhf, CPU; scripts/run_smollm2_pipeline.sh)
+#                    smollm2 (SmolLM2-135M-Instruct on the real-facts world, CPU; scripts/run_smollm2_pipeline.sh)
 #   CONQORD_NPROC    processes (GPUs) to launch per node; paper: 4, toy: 1
 #   CONQORD_HOSTFILE DeepSpeed hostfile ("host slots=N" lines) for several nodes: passed as --hostfile; the
 #                    node count is its lines that are neither blank nor comments
@@ -29,7 +29,7 @@ case "$PRESET" in
     NPROC="${CONQORD_NPROC:-1}"
     # one process on this CPU's two cores: both threads are its own
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
-    SMOL_DATA="${CONQORD_SMOLLM2_DATA:-datasets/nq_world}"
+    SMOL_DATA="${CONQORD_SMOLLM2_DATA:-datasets/facts_world}"  # datasets/prepare_facts_world.py writes it
     SMOL_BASE="${CONQORD_SMOLLM2_BASE:-model_pth/smollm2-135m-instruct}"
     SMOL_OUT="${CONQORD_SMOLLM2_OUT:-model_pth/smollm2}"
     ;;

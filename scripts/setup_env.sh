@@ -4,13 +4,22 @@
 # * Inside an active virtualenv/conda env, installs into it (GPU users: install your CUDA torch first).
 # * Otherwise creates .venv/ in the repo. On a machine without torch it installs torch==2.13.0 first,
 #   which pip takes as a CPU wheel here; a looser requirement would pull a multi-GB CUDA build.
-# Re-running is cheap: nothing is reinstalled while requirements.txt is unchanged.
+# * CONQORD_VENV=<folder>: use that virtualenv (e.g. another checkout's prepared .venv) instead of either.
+# Re-running is cheap: nothing is reinstalled while requirements.txt is unchanged (a stamp in the env), so a
+# prepared env is used without pip or network.
 # Source it (". scripts/setup_env.sh") to get the environment activated in your shell.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TORCH_CPU_PIN="${CONQORD_TORCH_PIN:-torch==2.13.0}"
 
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${CONDA_PREFIX:-}" ]; then
+if [ -n "${CONQORD_VENV:-}" ]; then
+  if [ ! -f "$CONQORD_VENV/bin/activate" ]; then
+    echo "error: CONQORD_VENV=$CONQORD_VENV: no virtualenv there (no bin/activate); fix the path or unset it" >&2
+    exit 2
+  fi
+  # shellcheck disable=SC1091
+  . "$CONQORD_VENV/bin/activate"
+elif [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${CONDA_PREFIX:-}" ]; then
   if [ ! -x "$ROOT/.venv/bin/python" ]; then
     echo "[setup] creating $ROOT/.venv"
     python3 -m venv "$ROOT/.venv"

@@ -52,13 +52,14 @@ def candidates(tokenizer, prompt_ids: Sequence[int], stem: str) -> Candidates:
 
 
 @torch.no_grad()
-def grid_log_probs(model, batch: list[Candidates], pad_id: int) -> torch.Tensor:
-    """log P(value | context) of every grid value for each item, shape (items, grid), unnormalised.
+def tail_log_probs(model, sequences: list[list[int]], starts: list[int],
+                   pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batched forward pass: ``(log_probs, scored)``, both of shape (sequences, tail), where row i holds
+    log P(token | the tokens before it) of ``sequences[i][starts[i]:]`` right-aligned and 0 elsewhere, and
+    ``scored`` marks those places. Every start must be at least 1 (a first token has no context).
 
-    Left-padded, so every candidate ends in the last column and the LM head is needed only over the
-    longest candidate-specific tail."""
-    sequences = [seq for item in batch for seq in item.ids]
-    starts = [item.shared for item in batch for _ in item.ids]  # first candidate-specific token
+    Left-padded (attention mask, positions that skip the padding, as ``generate`` uses them), so every
+    sequence ends in the last column and the LM head is needed only over the longest scored tail."""
     width = max(map(len, sequences))
     tail = max(len(seq) - start for seq, start in zip(sequences, starts))
     device = next(model.parameters()).device
@@ -73,7 +74,16 @@ def grid_log_probs(model, batch: list[Candidates], pad_id: int) -> torch.Tensor:
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
                    logits_to_keep=tail + 1).logits
     token_log_probs = gather_log_probs(logits[:, :-1], ids[:, width - tail:]).cpu()
-    return (token_log_probs * scored).sum(dim=1).view(len(batch), len(CONFIDENCE_GRID))
+    return token_log_probs * scored, scored
+
+
+def grid_log_probs(model, batch: list[Candidates], pad_id: int) -> torch.Tensor:
+    """log P(value | context) of every grid value for each item, shape (items, grid), unnormalised; the
+    tokens the candidates share are context only."""
+    sequences = [seq for item in batch for seq in item.ids]
+    starts = [item.shared for item in batch for _ in item.ids]  # first candidate-specific token
+    log_probs, _ = tail_log_probs(model, sequences, starts, pad_id)
+    return log_probs.sum(dim=1).view(len(batch), len(CONFIDENCE_GRID))
 
 
 def expected_confidence(distribution: Sequence[float]) -> float:

@@ -5,7 +5,8 @@ One *row* of the report is a checkpoint × prompting method × benchmark. For ea
 
 * ``generations.jsonl`` — raw generations, appended batch by batch (an interrupted run resumes);
 * ``predictions.jsonl`` — per example: question, answer, confidence, judge verdict and reason;
-* ``summary.json`` and ``reliability.png`` (reliability diagram + confidence histogram);
+* ``summary.json`` and ``reliability.png`` (reliability diagram + confidence histogram); with ``--baselines``,
+  ``reliability_<baseline>.png`` and the baselines' metrics on the same answers (see answer_logprob.py);
 * with ``--retrieval_corpus``: ``generations_rag.jsonl``, ``retrieval.json`` (accuracy and
   retrieval rate per threshold τ) and ``retrieval.png``.
 
@@ -22,6 +23,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlparse
@@ -31,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from step4_evaluation import judges
+from step4_evaluation.answer_logprob import BASELINES, answer_log_probs, carries_popularity, with_baseline
 from step4_evaluation.benchmarks import load_benchmark
 from step4_evaluation.confidence_readout import READOUTS, confidence_distributions, expected_confidence
 from step4_evaluation.metrics import auroc, confidence_and_correct, ece, summarize
@@ -54,6 +57,7 @@ TABLE_COLUMNS = ("n", "accuracy", "ece", "auroc", "auroc_stated", "aurc", "pears
 JUDGES = ("auto", "exact_match", "token_f1", "truthfulqa_reference", "llm")
 ACTORS = "step 1 or step 3 (they write actors)"
 RESULTS_JSON = "results.json"
+DIFFICULTY_KEYS = ("n", "accuracy", "auroc", "ece", "brier", "ci")  # of summarize, kept per difficulty level
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Confidence given to answers that state none (also counted as parse failures).")
     m.add_argument("--n_bins", type=positive_int, default=10, help="Equal-width ECE bins (10, 15, 20, ...).")
     m.add_argument("--bootstrap", type=non_negative_int, default=1000, help="Bootstrap resamples for 95%% intervals (0: none).")
+    m.add_argument("--baselines", nargs="*", choices=BASELINES, default=[],
+                   help="Training-free confidences scored on the same answers: answer_logprob (exp of the answer's "
+                        "mean token log-probability), popularity (the question's popularity / 100; facts only).")
     r = parser.add_argument_group("adaptive retrieval")
     r.add_argument("--retrieval_corpus", default=None,
                    help="JSONL of {id, text} passages; enables confidence-gated retrieval (BM25).")
@@ -270,6 +277,8 @@ def judged_records(questions: list[dict], responses: dict[str, str], method, ver
                   "correct": None if verdict.correct is None else int(verdict.correct),
                   "judge": verdict.judge, "judge_status": verdict.status, "judge_score": verdict.score,
                   "judge_reason": verdict.reason, "gold": q["answers"], "difficulty": q.get("difficulty")}
+        if q.get("popularity") is not None:
+            record["popularity"] = q["popularity"]
         if distributions is not None:
             distribution = distributions.get(q["id"])
             record.update(stated_confidence=p.confidence.value, confidence_distribution=distribution,
@@ -280,15 +289,30 @@ def judged_records(questions: list[dict], responses: dict[str, str], method, ver
 
 # ---------------------------------------------------------------- metrics and reports
 
-def summarize_records(records: list[dict], args: argparse.Namespace) -> dict[str, Any]:
-    """Metrics over judged examples (failed judgments excluded and counted), plus the view per difficulty."""
+def confidence_summary(judged: list[dict], args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`summarize` of the judged records' ``confidence``, and inside each difficulty level its n, accuracy,
+    mean confidence, AUROC, ECE, Brier and their bootstrap intervals (``ci``, with ``--bootstrap`` > 0)."""
+    summary_of = partial(summarize, missing_confidence=args.missing_confidence, n_bins=args.n_bins,
+                         bootstrap=args.bootstrap, seed=args.seed)
+    summary = summary_of(judged)
+    summary["by_difficulty"] = {}
+    for level in sorted({r["difficulty"] for r in judged if r.get("difficulty")}):
+        group = [r for r in judged if r.get("difficulty") == level]
+        conf, _ = confidence_and_correct(group, args.missing_confidence)
+        summary["by_difficulty"][level] = {"mean_confidence": float(conf.mean()),
+                                           **{k: v for k, v in summary_of(group).items() if k in DIFFICULTY_KEYS}}
+    return summary
+
+
+def summarize_records(records: list[dict], args: argparse.Namespace, baselines: Sequence[str] = ()) -> dict[str, Any]:
+    """Metrics over judged examples (failed judgments excluded and counted), plus the view per difficulty; the
+    same with each of ``baselines`` as the confidence under ``baselines``."""
     judged = [r for r in records if r["correct"] is not None]
     if not judged:
         first = f" ({records[0]['judge_reason']})" if records else ""
         raise UserError(f"no example could be judged{first}; see judge_reason in predictions.jsonl and rerun once the "
                         "judge works (generations are cached)")
-    summary = summarize(judged, missing_confidence=args.missing_confidence, n_bins=args.n_bins,
-                        bootstrap=args.bootstrap, seed=args.seed)
+    summary = confidence_summary(judged, args)
     summary["judge_failures"] = len(records) - len(judged)
     # the missing-confidence policy can make AUROC (a model that drops the confidence on the answers it
     # gets wrong scores well): report it also over the answers that state one
@@ -302,12 +326,7 @@ def summarize_records(records: list[dict], args: argparse.Namespace) -> dict[str
                                                           args.missing_confidence)
         summary["stated_readout"] = {"ece": ece(stated_conf, stated_corr, args.n_bins),
                                      "auroc": auroc(stated_conf, stated_corr)}
-    summary["by_difficulty"] = {}
-    for level in sorted({r["difficulty"] for r in judged if r.get("difficulty")}):
-        group = [r for r in judged if r.get("difficulty") == level]
-        conf, corr = confidence_and_correct(group, args.missing_confidence)
-        summary["by_difficulty"][level] = {"n": len(group), "accuracy": float(corr.mean()),
-                                           "mean_confidence": float(conf.mean()), "auroc": auroc(conf, corr)}
+    summary["baselines"] = {name: confidence_summary(with_baseline(judged, name), args) for name in baselines}
     return summary
 
 
@@ -351,12 +370,15 @@ def results_table(summaries: dict[Row, dict]) -> tuple[list[str], list[list[str]
               *(f"acc/conf/auroc {lvl}" for lvl in levels)]
     rows = []
     for row, s in summaries.items():
-        by_difficulty = s.get("by_difficulty", {})
-        by_level = ["/".join(_cell(by_difficulty[lvl][k]) for k in ("accuracy", "mean_confidence", "auroc"))
-                    if lvl in by_difficulty else "n/a" for lvl in levels]
-        # .get: an earlier run's row may predate a column
-        rows.append([row.checkpoint, row.benchmark, row.method, *(_cell(s.get(c)) for c in TABLE_COLUMNS),
-                     s["judge"], *by_level])
+        # each baseline right after its row: the same answers and verdicts with another confidence
+        for method, summary in [(row.method, s), *((f"{row.method}+{name}", b) for name, b in
+                                                   s.get("baselines", {}).items())]:
+            by_difficulty = summary.get("by_difficulty", {})
+            by_level = ["/".join(_cell(by_difficulty[lvl][k]) for k in ("accuracy", "mean_confidence", "auroc"))
+                        if lvl in by_difficulty else "n/a" for lvl in levels]
+            # .get: an earlier run's row may predate a column
+            rows.append([row.checkpoint, row.benchmark, method, *(_cell(summary.get(c)) for c in TABLE_COLUMNS),
+                         s["judge"], *by_level])
     return header, rows
 
 
@@ -410,19 +432,30 @@ def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Jud
     responses = generate_missing(model, tokenizer, prompts, folder / "generations.jsonl", args.batch_size,
                                  args.max_new_tokens, args.max_prompt_len, desc=row.key, source=source,
                                  special_tokens=special_tokens)
+    prompt_ids = {qid: encode_prompt(tokenizer, prompt, args.max_prompt_len, special_tokens)
+                  for qid, prompt in prompts.items()}
     distributions = None
     if args.confidence_readout == "expected":
-        items = {qid: (encode_prompt(tokenizer, prompt, args.max_prompt_len, special_tokens), responses[qid])
-                 for qid, prompt in prompts.items()}
+        items = {qid: (ids, responses[qid]) for qid, ids in prompt_ids.items()}
         distributions = confidence_distributions(model, tokenizer, items, folder / "confidence_distributions.jsonl",
                                                  args.batch_size, source, desc=f"{row.key} readout")
     records = judged_records(questions, responses, method, lambda a: judging.verdicts(row.benchmark, questions, a),
                              distributions)
+    baselines = [b for b in args.baselines if b != "popularity" or carries_popularity(questions)]
+    if "answer_logprob" in baselines:
+        items = {r["id"]: (prompt_ids[r["id"]], r["response"], r["answer"]) for r in records}
+        means = answer_log_probs(model, tokenizer, items, args.batch_size, desc=f"{row.key} answer_logprob")
+        for record in records:
+            record["answer_logprob"] = means[record["id"]]
     write_jsonl(folder / "predictions.jsonl", records)
-    summary = summarize_records(records, args)
+    summary = summarize_records(records, args, baselines)
     summary.update(checkpoint=row.path, benchmark=row.benchmark, method=row.method, judge=judging.name(row.benchmark))
-    conf, corr = confidence_and_correct([r for r in records if r["correct"] is not None], args.missing_confidence)
-    reliability_diagram(conf, corr, folder / "reliability.png", n_bins=args.n_bins, title=row.key)
+    judged = [r for r in records if r["correct"] is not None]
+    for name in (None, *baselines):
+        conf, corr = confidence_and_correct(judged if name is None else with_baseline(judged, name),
+                                            args.missing_confidence)
+        reliability_diagram(conf, corr, folder / (f"reliability_{name}.png" if name else "reliability.png"),
+                            n_bins=args.n_bins, title=f"{row.key}+{name}" if name else row.key)
     if retriever is not None:
         summary["retrieval"] = adaptive_retrieval(row, model, tokenizer, questions, records, method, judging,
                                                   retriever, folder, source, args)
@@ -466,6 +499,10 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
     questions = {name: load_benchmark(benchmark_kind(name), path, args.max_examples, args.seed)
                  for name, path in benchmarks}
     check_judging(args, questions)
+    for name, items in questions.items():
+        if "popularity" in args.baselines and not carries_popularity(items):
+            print(f"[step 4] --baselines popularity: skipped on {name}, whose questions carry no popularity "
+                  "percentile (the facts world's do)", flush=True)
     retriever = BM25Retriever(load_passages(args.retrieval_corpus)) if args.retrieval_corpus else None
     started = time.time()
     with output_lock(out_dir, "--output_dir"):

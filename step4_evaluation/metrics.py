@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
-from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.metrics import brier_score_loss
 
 from utils.args import Parser, seed, unit_float
 from utils.confidence import MISSING_CONFIDENCE
@@ -164,7 +164,12 @@ def auroc(confidence: npt.ArrayLike, correct: npt.ArrayLike) -> float:
     conf, corr = _validate(confidence, correct)
     if corr.min() == corr.max():
         return math.nan
-    return float(roc_auc_score(corr, conf))
+    # the Mann-Whitney form of sklearn's roc_auc_score (tests compare the two), ~20x faster: the bootstrap
+    # calls it thousands of times per row and per difficulty level
+    ranks = stats.rankdata(conf)  # average ranks: a tie between a right and a wrong answer counts 1/2
+    positives = int(corr.sum())
+    negatives = corr.size - positives
+    return float((ranks[corr == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def _expected_risks(conf: np.ndarray, corr: np.ndarray) -> np.ndarray:

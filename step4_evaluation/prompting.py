@@ -69,7 +69,7 @@ _WS_RE = re.compile(r"\s+")
 _QUESTION_RE = re.compile(r"#+\s*Question\s*:?", re.IGNORECASE)
 _ANSWER_RE = re.compile(r"#+\s*Answer\s*:", re.IGNORECASE)
 # "### Answer 1:" (also "### Answer:", read as the next candidate) and "### Confidence 1:".
-_NUMBERED_ANSWER_RE = re.compile(r"#+\s*Answer\s*(?:\d+\s*:?|:)", re.IGNORECASE)
+ANSWER_TAG_RE = re.compile(r"#+\s*Answer\s*(?:\d+\s*:?|:)", re.IGNORECASE)
 _NUMBERED_CONFIDENCE_RE = re.compile(r"#+\s*Confidence\s*\d+\s*:?", re.IGNORECASE)
 
 
@@ -249,9 +249,9 @@ class TopK(PromptMethod):
 
     def parse(self, response: str) -> ParsedResponse:
         text = _before_next_question(response)
-        if _NUMBERED_ANSWER_RE.match(text.lstrip()) is None:
+        if ANSWER_TAG_RE.match(text.lstrip()) is None:
             text = "### Answer 1:" + text  # the prompt ends with the first answer tag
-        tags = list(_NUMBERED_ANSWER_RE.finditer(text))
+        tags = list(ANSWER_TAG_RE.finditer(text))
         candidates = []
         for tag, following in zip(tags, tags[1:] + [None]):
             segment = text[tag.end(): following.start() if following else len(text)]

@@ -26,23 +26,47 @@ if [ "$PRESET" = toy ]; then
     --output_dir "${CONQORD_RESULTS:-results/toy}" \
     --batch_size 100 --max_new_tokens 16 --max_prompt_len 128 --dtype fp32 "$@"
 elif [ "$PRESET" = smollm2 ]; then
-  # Held-out NQ-open questions (no question seen in steps 1-3) and TruthfulQA, a seeded subset of each.
-  # The base model answers with the paper's three prompts (few-shot, longer answers); the trained
-  # checkpoints with the format they learned (zero_shot).
+  # The facts world's held-out questions (countries of no training pool; all 434 unless
+  # CONQORD_SMOLLM2_EVAL_EXAMPLES is set), plus NQ-open and TruthfulQA when CONQORD_NQ / CONQORD_TRUTHFULQA name
+  # their files (never the hub; a seeded subset of CONQORD_SMOLLM2_EVAL_EXAMPLES, default 100; none of it trained on).
+  # Every row also scores two training-free confidences on the same answers: the answer's own likelihood
+  # and the question's popularity. The base model answers with the paper's three prompts (few-shot, longer
+  # answers); the trained checkpoints with the format they learned (zero_shot).
   RESULTS="${CONQORD_RESULTS:-results/smollm2}"
-  benchmarks=(--benchmarks "nq_open=$SMOL_DATA/eval/nq_open.jsonl" "truthfulqa${CONQORD_TRUTHFULQA:+=$CONQORD_TRUTHFULQA}"
-              --max_examples "${CONQORD_SMOLLM2_EVAL_EXAMPLES:-100}" --judge "${CONQORD_JUDGE:-auto}"
-              --judge_model "${CONQORD_JUDGE_MODEL:-gpt-4}" ${CONQORD_JUDGE_BASE_URL:+--judge_base_url "$CONQORD_JUDGE_BASE_URL"})
-  python -m step4_evaluation.main --checkpoints "base=$SMOL_BASE" "${benchmarks[@]}" --methods vanilla topk cot \
-    --output_dir "$RESULTS/prompting" --batch_size 16 --max_new_tokens 48 --max_prompt_len 768 --dtype fp32 "$@"
+  facts=(--benchmarks "facts=$SMOL_DATA/eval/facts.jsonl")
+  extra=()
+  if [ -n "${CONQORD_NQ:-}" ]; then extra+=("nq_open=$CONQORD_NQ"); fi
+  if [ -n "${CONQORD_TRUTHFULQA:-}" ]; then extra+=("truthfulqa=$CONQORD_TRUTHFULQA"); fi
+  passed=("$@")
+  # evaluate FOLDER SUBSET ARGS...: the facts questions (SUBSET of them; empty: all), then the extra sets (their own
+  # subset size), into one folder
+  evaluate() {
+    local folder="$1" subset="$2"; shift 2
+    local common=(--baselines answer_logprob popularity --judge "${CONQORD_JUDGE:-auto}"
+                  --judge_model "${CONQORD_JUDGE_MODEL:-gpt-4}" ${CONQORD_JUDGE_BASE_URL:+--judge_base_url "$CONQORD_JUDGE_BASE_URL"}
+                  --output_dir "$RESULTS/$folder" --dtype fp32 "$@")
+    python -m step4_evaluation.main "${facts[@]}" ${subset:+--max_examples "$subset"} "${common[@]}" "${passed[@]}"
+    if [ ${#extra[@]} -gt 0 ]; then
+      python -m step4_evaluation.main --benchmarks "${extra[@]}" --max_examples "${CONQORD_SMOLLM2_EVAL_EXAMPLES:-100}" \
+        "${common[@]}" "${passed[@]}"
+    fi
+  }
+  # the few-shot prompts cost ~0.7 s a question each on 2 cores: a seeded subset of the facts questions
+  # (CONQORD_SMOLLM2_PROMPT_EXAMPLES, default 200; the --long profile: all)
+  prompt_examples="${CONQORD_SMOLLM2_PROMPT_EXAMPLES:-200}"
+  if [ "${CONQORD_SMOLLM2_PROFILE:-}" = long ]; then prompt_examples="${CONQORD_SMOLLM2_PROMPT_EXAMPLES:-}"; fi
+  evaluate prompting "${CONQORD_SMOLLM2_EVAL_EXAMPLES:-$prompt_examples}" --checkpoints "base=$SMOL_BASE" \
+    --methods vanilla topk cot --batch_size 16 --max_new_tokens 48 --max_prompt_len 768
   trained=()
-  for spec in "sft=$SMOL_OUT/step1" "ppo_alpha0=$SMOL_OUT/step3_alpha0/actor" "conqord_paper=$SMOL_OUT/step3_paper/actor" \
-              "conqord=$SMOL_OUT/step3/actor"; do
-    [ -f "${spec#*=}/config.json" ] && trained+=("$spec")
+  for spec in "sft=$SMOL_OUT/step1" \
+              "ppo_alpha0=$SMOL_OUT/step3_alpha0/actor" "ppo_alpha0_oracle=$SMOL_OUT/step3_alpha0_oracle/actor" \
+              "conqord_paper=$SMOL_OUT/step3_paper/actor" "conqord_paper_oracle=$SMOL_OUT/step3_paper_oracle/actor" \
+              "conqord=$SMOL_OUT/step3_recommended/actor" "conqord_oracle=$SMOL_OUT/step3_recommended_oracle/actor"; do
+    if [ -f "${spec#*=}/config.json" ]; then trained+=("$spec"); fi
   done
-  python -m step4_evaluation.main --checkpoints "${trained[@]:?no smollm2 checkpoint found: run steps 1-3 first}" \
-    "${benchmarks[@]}" --methods zero_shot \
-    --output_dir "$RESULTS/trained" --batch_size 16 --max_new_tokens 24 --max_prompt_len 128 --dtype fp32 "$@"
+  evaluate trained "${CONQORD_SMOLLM2_EVAL_EXAMPLES:-}" \
+    --checkpoints "${trained[@]:?no smollm2 checkpoint found: run steps 1-3 first}" --methods zero_shot \
+    --batch_size 32 --max_new_tokens 16 --max_prompt_len 128
 else
   OUT="${CONQORD_OUT:-model_pth/paper}"
   retrieval=()

@@ -278,3 +278,86 @@ def test_llm_judge_outage_names_the_endpoint(tmp_path, tiny_checkpoint, toy_worl
     assert str(info.value) == (f"no example could be judged (failed after 1 request(s): cannot connect to {url} "
                                "(ConnectError)); see judge_reason in predictions.jsonl and rerun once the judge works "
                                "(generations are cached)")
+
+
+# --- training-free baselines beside the stated confidence ----------------------------------------------------
+
+
+def _facts_file(folder: Path) -> Path:
+    """Six facts-world questions, two per popularity third."""
+    file = folder / "facts.jsonl"
+    rows = [{"question": f"What is the capital of {name}?", "answers": [capital], "form": "capital",
+             "popularity": popularity, "third": third}
+            for name, capital, popularity, third in [("Gox", "Red", 10.0, "low"), ("Ba", "Bear", 20.0, "low"),
+                                                     ("Zin", "Blue", 40.0, "mid"), ("Mol", "Tor", 60.0, "mid"),
+                                                     ("Kar", "Sel", 80.0, "high"), ("Ul", "Fen", 95.0, "high")]]
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return file
+
+
+def test_baselines_score_the_same_answers_and_follow_their_row(tmp_path, tiny_checkpoint, toy_tokenizer):
+    from step4_evaluation.answer_logprob import answer_log_probs
+    from step4_evaluation.evaluate import earlier_results
+    from utils.data import encode_prompt
+    from utils.model import create_causal_lm
+    from utils.prompts import build_prompt
+
+    out = tmp_path / "out"
+    summary = next(iter(run(_args(out, tiny_checkpoint, "--benchmarks", f"facts={_facts_file(tmp_path)}",
+                                  "--baselines", "answer_logprob", "popularity", "--bootstrap", "20")).values()))
+    folder = out / "tiny/facts/zero_shot"
+    records = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["popularity"] for r in records) == [10.0, 20.0, 40.0, 60.0, 80.0, 95.0]
+    model = create_causal_lm(str(tiny_checkpoint), toy_tokenizer).eval()
+    items = {r["id"]: (encode_prompt(toy_tokenizer, build_prompt(r["question"]), 1024), r["response"], r["answer"])
+             for r in records}
+    want = answer_log_probs(model, toy_tokenizer, items, batch_size=1, desc="t")
+    assert [r["answer_logprob"] for r in records] == [pytest.approx(want[r["id"]], abs=1e-5) for r in records]
+    # the same verdicts, another confidence
+    baselines = summary["baselines"]
+    assert list(baselines) == ["answer_logprob", "popularity"]
+    assert all(b["n"] == summary["n"] and b["accuracy"] == summary["accuracy"] for b in baselines.values())
+    assert baselines["popularity"]["by_difficulty"]["low"]["mean_confidence"] == pytest.approx(0.15)
+    assert baselines["answer_logprob"]["parse_failure_rate"] == sum(r["answer_logprob"] is None
+                                                                    for r in records) / len(records)
+    for s in (summary, *baselines.values()):
+        assert sorted(s["by_difficulty"]) == ["high", "low", "mid"]
+        for level in s["by_difficulty"].values():
+            assert {"n", "accuracy", "mean_confidence", "auroc", "ece", "brier"} <= set(level)
+            assert {"auroc", "ece"} <= set(level["ci"])
+    assert all((folder / f"reliability_{name}.png").stat().st_size > 1000 for name in baselines)
+    table = (out / "results.md").read_text().splitlines()
+    assert [line.split(" | ")[2] for line in table[2:5]] == ["zero_shot", "zero_shot+answer_logprob",
+                                                             "zero_shot+popularity"]
+    assert len((out / "results.csv").read_text().splitlines()) == 4
+    # results.json keeps them inside their row, so a later run still reads it
+    assert [row.key for row in earlier_results(out)] == list(json.loads((out / "results.json").read_text()))
+    assert list(json.loads((out / "results.json").read_text())) == ["tiny/facts/zero_shot"]
+
+
+def test_per_difficulty_intervals_only_with_bootstrap():
+    from step4_evaluation.evaluate import summarize_records
+
+    records = [{"confidence": c, "confidence_status": "ok", "correct": y, "difficulty": d}
+               for c, y, d in [(0.9, 1, "easy"), (0.2, 0, "easy"), (0.6, 1, "easy"), (0.5, 0, "hard"),
+                               (0.4, 1, "hard")]]
+    for bootstrap, has_ci in (("0", False), ("50", True)):
+        args = build_parser().parse_args(["--checkpoints", "x", "--bootstrap", bootstrap])
+        easy = summarize_records(records, args)["by_difficulty"]["easy"]
+        assert ("ci" in easy) is has_ci
+        assert easy["ece"] == pytest.approx((0.1 + 0.2 + 0.4) / 3) and easy["brier"] == pytest.approx(0.07)
+        assert easy["n"] == 3 and easy["accuracy"] == pytest.approx(2 / 3) and easy["auroc"] == 1.0
+    low, high = easy["ci"]["auroc"]
+    assert 0.0 <= low <= high <= 1.0 and set(easy["ci"]) >= {"auroc", "ece"}
+
+
+def test_popularity_baseline_is_skipped_with_a_note_where_questions_carry_none(tmp_path, tiny_checkpoint,
+                                                                             toy_world_dir, capsys):
+    out = tmp_path / "out"
+    summary = next(iter(run(_args(out, tiny_checkpoint, "--benchmarks", f"toy={toy_world_dir / 'eval/test.jsonl'}",
+                                  "--baselines", "popularity")).values()))
+    printed = capsys.readouterr().out
+    assert ("[step 4] --baselines popularity: skipped on toy, whose questions carry no popularity percentile "
+            "(the facts world's do)\n") in printed
+    assert summary["baselines"] == {} and "+popularity" not in (out / "results.md").read_text()
+    assert not (out / "tiny/toy/zero_shot/reliability_popularity.png").exists()

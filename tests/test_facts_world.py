@@ -135,6 +135,19 @@ def test_reward_pairs_reject_a_wrong_answer_of_the_same_kind(world: Path, countr
         assert chosen in kind and rejected in kind
 
 
+def test_reward_pairs_are_held_out_by_question(world: Path):
+    train, test = (_rows(world / "step2_facts" / f"{part}.jsonl") for part in ("train", "test"))
+    by_prompt = {part: {} for part in ("train", "test")}
+    for part, pairs in (("train", train), ("test", test)):
+        for pair in pairs:
+            by_prompt[part].setdefault(pair["prompt"], set()).add(pair["rejected"])
+    assert not by_prompt["train"].keys() & by_prompt["test"].keys()
+    # CONFIG.reward_wrong_answers distinct wrong answers per question; about reward_test_fraction held out
+    assert {len(r) for p in by_prompt.values() for r in p.values()} == {CONFIG.reward_wrong_answers}
+    share = len(by_prompt["test"]) / (len(by_prompt["test"]) + len(by_prompt["train"]))
+    assert abs(share - CONFIG.reward_test_fraction) < 0.01
+
+
 def test_ppo_rows_carry_the_aliases(world: Path):
     rows = _rows(world / "step3_ppo" / "train.jsonl")
     assert rows and all(r["answers"] and exact_match(r["answers"][-1], r["answers"]) for r in rows)

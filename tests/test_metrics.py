@@ -381,3 +381,12 @@ def test_ece_if_calibrated_is_higher_for_spread_confidences_than_for_a_constant_
     assert m.ece_if_calibrated(spread) > m.ece_if_calibrated(np.full(300, 0.5)) + 0.01
     with pytest.raises(ValueError, match="confidence must lie in"):
         m.ece_if_calibrated([0.5, 1.5])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auroc_counts_ties_as_sklearn_does(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    conf = rng.integers(0, 11, size=200) / 10  # stated confidences: many ties, across classes too
+    correct = (rng.random(200) < conf).astype(int)
+    assert m.auroc(conf, correct) == pytest.approx(roc_auc_score(correct, conf), abs=1e-12)
+    assert m.auroc([0.5, 0.5], [1, 0]) == 0.5

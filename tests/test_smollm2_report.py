@@ -1,4 +1,5 @@
-"""The real-model report is built from step 4's results files, rows in the documented order."""
+"""The real-model report is built from step 4's results files: rows in the documented order, each row's
+baselines after it, intervals beside the metrics, a table per popularity third."""
 from __future__ import annotations
 
 import json
@@ -6,31 +7,70 @@ from pathlib import Path
 
 from experiments.smollm2_report import report
 
+BASELINES = ("answer_logprob", "popularity")
+
+
+def _summary(accuracy: float, auroc: float | None) -> dict:
+    """The shape of step 4's summary (metrics.summarize + by_difficulty), bootstrap intervals included."""
+    third = {"n": 3, "accuracy": accuracy, "mean_confidence": 0.5, "auroc": auroc, "ece": 0.1, "brier": 0.2,
+             "ci": {"auroc": [0.11, 0.99] if auroc is not None else [None, None], "ece": [0.0, 0.3]}}
+    return {"n": 9, "accuracy": accuracy, "ece": 0.2, "brier": 0.25, "auroc": auroc, "spearman": 0.3,
+            "parse_failure_rate": 0.0, "by_difficulty": {level: third for level in ("high", "low", "mid")},
+            "ci": {"accuracy": [0.1, 0.5], "ece": [0.05, 0.4], "auroc": [0.52, 0.91], "spearman": [-0.1, 0.6],
+                   "brier": [0.2, 0.3]}}
+
 
 def _results(folder: Path, rows: dict[str, float]) -> None:
+    """A results.json of NAME/BENCHMARK/METHOD rows, each with its baselines, and their diagrams."""
     folder.mkdir(parents=True)
     summaries = {}
     for key, accuracy in rows.items():
         name, benchmark, method = key.split("/")
-        summaries[key] = {"benchmark": benchmark, "method": method, "judge": "exact_match", "n": 10,
-                          "accuracy": accuracy, "ece": 0.2, "auroc": None, "parse_failure_rate": 0.0}
-        figure = folder / name / benchmark / method / "reliability.png"
-        figure.parent.mkdir(parents=True)
-        figure.write_bytes(b"png")
+        summaries[key] = {**_summary(accuracy, 0.7), "benchmark": benchmark, "method": method, "checkpoint": name,
+                          "judge": "exact_match", "auroc_stated": 0.66,
+                          "baselines": {b: _summary(accuracy, None if b == "popularity" else 0.8) for b in BASELINES}}
+        for suffix in ("", *(f"_{b}" for b in BASELINES)):
+            figure = folder / name / benchmark / method / f"reliability{suffix}.png"
+            figure.parent.mkdir(parents=True, exist_ok=True)
+            figure.write_bytes(b"png")
     (folder / "results.json").write_text(json.dumps(summaries))
 
 
-def test_report_orders_rows_and_copies_diagrams(tmp_path: Path):
-    results = tmp_path / "results"
-    _results(results / "trained", {"conqord/nq_open/zero_shot": 0.3, "sft/nq_open/zero_shot": 0.1})
-    _results(results / "prompting", {"base/nq_open/cot": 0.05, "base/nq_open/vanilla": 0.02})
+def _training_args(folder: Path, result: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "training_args.json").write_text(json.dumps({"result": result}))
+
+
+def test_report_orders_rows_with_baselines_intervals_and_thirds(tmp_path: Path):
+    results, models = tmp_path / "results", tmp_path / "models"
+    _results(results / "trained", {"conqord_oracle/facts/zero_shot": 0.4, "conqord/facts/zero_shot": 0.3,
+                                   "conqord_paper/facts/zero_shot": 0.25, "ppo_alpha0_oracle/facts/zero_shot": 0.2,
+                                   "sft/facts/zero_shot": 0.1})
+    _results(results / "prompting", {"base/facts/cot": 0.05, "base/facts/vanilla": 0.02})
     (results / "timings.json").write_text(json.dumps({"step 1 (SFT)": 61}))
-    out = report(results, tmp_path / "models", tmp_path / "data", tmp_path / "docs" / "results_smollm2.md")
-    text = out.read_text()
-    order = [text.index(f"| {row} |") for row in ("base/vanilla", "base/cot", "sft/zero_shot", "conqord/zero_shot")]
-    assert order == sorted(order)
-    assert "| 0.300 |" in text and "| n/a |" in text and "| step 1 (SFT) | 61 |" in text
-    assert (tmp_path / "docs" / "figures" / "smollm2" / "conqord_nq_open_zero_shot.png").is_file()
+    _training_args(models / "step2", {"steps": 40, "final": {"accuracy": 0.85}})
+    _training_args(models / "step3_recommended_oracle" / "actor", {"steps": 15, "final": {"kl": 0.01}})
+    out = report(results, models, tmp_path / "data", tmp_path / "docs" / "results_smollm2.md")
+    lines = out.read_text().splitlines()
+
+    main_rows = [line for line in lines if line.startswith("| ") and " | 9 | " in line]
+    assert [line.split(" | ")[:2] for line in main_rows] == [
+        ["| " + row, source] for row in ("base/vanilla", "base/cot", "sft/zero_shot", "ppo_alpha0_oracle/zero_shot",
+                                         "conqord_paper/zero_shot", "conqord/zero_shot", "conqord_oracle/zero_shot")
+        for source in ("stated", *BASELINES)]
+    sft_stated = next(line for line in main_rows if line.startswith("| sft/zero_shot | stated |"))
+    assert "| 0.700 [0.52, 0.91] |" in sft_stated and "| 0.660 |" in sft_stated  # auroc with its interval
+    assert "| n/a |" in next(line for line in main_rows if line.startswith("| sft/zero_shot | popularity |"))
+    header = next(line for line in lines if line.startswith("| row | confidence | low: n |"))
+    assert header.index("low: AUROC") < header.index("mid: AUROC") < header.index("high: AUROC")
+    thirds = lines[lines.index(header) + 2:]
+    assert thirds[0].startswith("| base/vanilla | stated |") and "| 3 | 0.020 | 0.700 [0.11, 0.99] |" in thirds[0]
+    text = "\n".join(lines)
+    assert "| step2 |" in text and "accuracy 0.850" in text and "| step3_recommended_oracle |" in text
+    assert "| step 1 (SFT) | 61 |" in text
+    figures = tmp_path / "docs" / "figures" / "smollm2"
+    assert (figures / "conqord_facts_zero_shot.png").is_file()
+    assert (figures / "conqord_facts_zero_shot_answer_logprob.png").is_file()
 
 
 def test_embedding_replaces_an_earlier_section(tmp_path: Path):

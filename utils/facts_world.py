@@ -39,7 +39,8 @@ Files (under ``out_dir``), in the NQ world's layout (:mod:`utils.nq_world`):
   ``x`` uniform in 0.0…1.0 and independent of correctness (as in the NQ and toy worlds);
 * ``step2_facts/{train,test}.jsonl``: ``prompt``, ``chosen`` = the first gold, ``rejected`` = the canonical
   answer of another question of the same pool and kind (a capital for a capital question, a country for
-  a country question), never one of the question's golds;
+  a country question), never one of the question's golds; ``reward_wrong_answers`` pairs per question, and
+  the test file holds ``reward_test_fraction`` of the reward questions (held out by question);
 * ``step3_ppo/train.jsonl``: ``prompt`` and the gold ``answers``;
 * ``eval/facts.jsonl``: ``question``, ``answer`` (aliases, NQ-open's format), ``form``, ``entity`` (ISO
   code), ``subject``, ``popularity``, ``third``; the cities spread evenly over the thirds (step 4 reads it
@@ -110,14 +111,19 @@ class FactsWorldConfig:
     ppo_city_questions: int = 300
     eval_city_questions: int = 300
     test_fraction: float = 0.05
+    reward_wrong_answers: int = 3  # pairs per reward question, each with another wrong answer
+    reward_test_fraction: float = 0.2  # of the reward questions: enough held-out pairs to read the pair accuracy
 
     def __post_init__(self) -> None:  # checked before the packages' data loads
         shares = {"sft_share": self.sft_share, "reward_share": self.reward_share, "ppo_share": self.ppo_share}
         if min(shares.values()) <= 0 or sum(shares.values()) >= 1:
             raise DataError(f"{' + '.join(f'--{k} {v}' for k, v in shares.items())}: each must be > 0 and "
                             "together < 1 (the evaluation pool gets the rest of the countries)")
-        if not 0 < self.test_fraction < 1:
-            raise DataError(f"--test_fraction {self.test_fraction}: must lie strictly between 0 and 1")
+        for flag in ("test_fraction", "reward_test_fraction"):
+            if not 0 < getattr(self, flag) < 1:
+                raise DataError(f"--{flag} {getattr(self, flag)}: must lie strictly between 0 and 1")
+        if self.reward_wrong_answers < 1:
+            raise DataError(f"--reward_wrong_answers {self.reward_wrong_answers}: must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -314,16 +320,17 @@ def build_pools(config: FactsWorldConfig) -> dict[str, list[Question]]:
     return pools
 
 
-def _wrong_answer(question: Question, pool: list[Question], rng: random.Random) -> str:
-    """The canonical answer of another question of the same kind in the pool (a capital for a capital
-    question, a country otherwise) that is none of this question's golds."""
+def _wrong_answers(question: Question, pool: list[Question], n: int, rng: random.Random) -> list[str]:
+    """``n`` distinct canonical answers of other questions of the same kind in the pool (a capital for a capital
+    question, a country otherwise), none of them one of this question's golds."""
     kind = question.form == "capital"
     golds = {normalize_answer(a) for a in question.answers}
     candidates = sorted({q.answers[0] for q in pool if (q.form == "capital") == kind
                          and normalize_answer(q.answers[0]) not in golds})
-    if not candidates:
-        raise DataError(f"no wrong answer for {question.question!r}: its pool is too small; raise the pool shares")
-    return rng.choice(candidates)
+    if len(candidates) < n:
+        raise DataError(f"{len(candidates)} wrong answers for {question.question!r}, {n} asked: its pool is too small; "
+                        "raise --reward_share or lower --reward_wrong_answers")
+    return rng.sample(candidates, n)
 
 
 def _split(rows: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
@@ -338,13 +345,17 @@ def generate(out_dir: str | Path, config: FactsWorldConfig) -> dict[str, int]:
     rng = random.Random(config.seed + 1)  # the files' own draws: pools stay the same when only these change
     sft = [{"prompt": build_prompt(q.question), "response": format_response(q.answers[0], rng.randint(0, 10) / 10)}
            for q in pools["sft"]]
-    reward = [{"prompt": build_prompt(q.question), "chosen": format_response(q.answers[0], None),
-               "rejected": format_response(_wrong_answer(q, pools["reward"], rng), None)} for q in pools["reward"]]
+    # held out by question, not by pair: the pair accuracy is read on questions the reward model never saw
+    reward_train, reward_test = _split(pools["reward"], config.reward_test_fraction)
     sizes = {}
-    for name, rows in (("step1_sft", sft), ("step2_facts", reward)):
-        train, test = _split(rows, config.test_fraction)
-        sizes[f"{name}/train"] = write_jsonl(out / name / "train.jsonl", train)
-        sizes[f"{name}/test"] = write_jsonl(out / name / "test.jsonl", test)
+    train, test = _split(sft, config.test_fraction)
+    sizes["step1_sft/train"] = write_jsonl(out / "step1_sft" / "train.jsonl", train)
+    sizes["step1_sft/test"] = write_jsonl(out / "step1_sft" / "test.jsonl", test)
+    for part, questions in (("train", reward_train), ("test", reward_test)):
+        pairs = [{"prompt": build_prompt(q.question), "chosen": format_response(q.answers[0], None),
+                  "rejected": format_response(wrong, None)}
+                 for q in questions for wrong in _wrong_answers(q, pools["reward"], config.reward_wrong_answers, rng)]
+        sizes[f"step2_facts/{part}"] = write_jsonl(out / "step2_facts" / f"{part}.jsonl", pairs)
     sizes["step3_ppo/train"] = write_jsonl(out / "step3_ppo" / "train.jsonl",
                                            ({"prompt": build_prompt(q.question), "answers": list(q.answers)}
                                             for q in pools["ppo"]))
