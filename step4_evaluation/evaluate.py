@@ -13,6 +13,9 @@ One *row* of the report is a checkpoint × prompting method × benchmark. For ea
 Over all rows evaluated into ``<output_dir>``, by this run and earlier ones (a row evaluated again
 replaces its earlier result): ``results.md``, ``results.csv`` and ``results.json``; the Markdown table is
 printed. One run at a time writes into an ``<output_dir>``.
+
+With ``--dev_fraction``, each benchmark's dev questions are answered and judged too, but every reported
+metric is over the test questions; the dev ones fit ``--recalibrate`` and choose τ (see recalibration.py).
 """
 from __future__ import annotations
 
@@ -39,7 +42,9 @@ from step4_evaluation.confidence_readout import READOUTS, confidence_distributio
 from step4_evaluation.metrics import auroc, confidence_and_correct, ece, summarize
 from step4_evaluation.plots import reliability_diagram
 from step4_evaluation.prompting import get_method
-from step4_evaluation.retrieval import BM25Retriever, load_passages, plot_sweep, threshold_sweep
+from step4_evaluation.recalibration import (RECALIBRATORS, check_recalibration_flags, dev_fraction, dev_splits,
+                                            split_summary)
+from step4_evaluation.retrieval import BM25Retriever, load_passages, plot_sweep, tau_on_dev, threshold_sweep
 from utils.args import (Parser, add_overwrite_output_dir_arg, env_var_name, non_negative_int, positive_float,
                         positive_int, seed, unit_float)
 from utils.confidence import MISSING_CONFIDENCE, ParsedConfidence, count_statuses
@@ -73,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--topk", type=positive_int, default=2, help="Guesses asked for by the topk method.")
     g.add_argument("--max_examples", type=positive_int, default=None, help="A seeded random subset of each benchmark.")
     g.add_argument("--seed", type=seed, default=1234)
+    g.add_argument("--dev_fraction", type=dev_fraction, default=0.0,
+                   help="Share of each benchmark's questions held out as a seeded dev split (0: none): answered "
+                        "like the rest, reported apart; every other metric is over the test questions.")
     g.add_argument("--output_dir", default="results/step4")
     add_overwrite_output_dir_arg(g)
     gen = parser.add_argument_group("generation")
@@ -103,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--baselines", nargs="*", choices=BASELINES, default=[],
                    help="Training-free confidences scored on the same answers: answer_logprob (exp of the answer's "
                         "mean token log-probability), popularity (the question's popularity / 100; facts only).")
+    m.add_argument("--recalibrate", choices=RECALIBRATORS, default="none",
+                   help="A map confidence -> P(correct) fitted on the dev answers (needs --dev_fraction) and scored "
+                        "on the test answers beside the raw confidence (*_recalibrated in summary.json).")
     r = parser.add_argument_group("adaptive retrieval")
     r.add_argument("--retrieval_corpus", default=None,
                    help="JSONL of {id, text} passages; enables confidence-gated retrieval (BM25).")
@@ -366,7 +377,9 @@ def _cell(value: Any) -> str:
 
 def results_table(summaries: dict[Row, dict]) -> tuple[list[str], list[list[str]]]:
     levels = sorted({lvl for s in summaries.values() for lvl in s.get("by_difficulty", {})})
-    header = ["checkpoint", "benchmark", "method", *TABLE_COLUMNS, "judge",
+    recalibrated = any("ece_recalibrated" in s for s in summaries.values())  # else the table stays as it was
+    columns = (*TABLE_COLUMNS, *(["ece_recalibrated"] if recalibrated else []))
+    header = ["checkpoint", "benchmark", "method", *columns, "judge",
               *(f"acc/conf/auroc {lvl}" for lvl in levels)]
     rows = []
     for row, s in summaries.items():
@@ -377,7 +390,7 @@ def results_table(summaries: dict[Row, dict]) -> tuple[list[str], list[list[str]
             by_level = ["/".join(_cell(by_difficulty[lvl][k]) for k in ("accuracy", "mean_confidence", "auroc"))
                         if lvl in by_difficulty else "n/a" for lvl in levels]
             # .get: an earlier run's row may predate a column
-            rows.append([row.checkpoint, row.benchmark, method, *(_cell(summary.get(c)) for c in TABLE_COLUMNS),
+            rows.append([row.checkpoint, row.benchmark, method, *(_cell(summary.get(c)) for c in columns),
                          s["judge"], *by_level])
     return header, rows
 
@@ -423,7 +436,8 @@ def merge_results(earlier: dict[Row, dict], current: dict[Row, dict]) -> dict[Ro
 
 # ---------------------------------------------------------------- the run
 
-def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Judging, args, retriever) -> dict:
+def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Judging, args, retriever,
+                 dev: set[str]) -> dict:
     method = get_method(row.method, k=args.topk)
     folder = Path(args.output_dir) / row.checkpoint / row.benchmark / row.method
     prompts = {q["id"]: method.build(q["question"], tokenizer) for q in questions}
@@ -447,10 +461,16 @@ def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Jud
         means = answer_log_probs(model, tokenizer, items, args.batch_size, desc=f"{row.key} answer_logprob")
         for record in records:
             record["answer_logprob"] = means[record["id"]]
+    if dev:
+        for record in records:
+            record["split"] = "dev" if record["id"] in dev else "test"
     write_jsonl(folder / "predictions.jsonl", records)
-    summary = summarize_records(records, args, baselines)
+    test = [r for r in records if r.get("split") != "dev"]
+    summary = summarize_records(test, args, baselines)
+    if dev:
+        summary.update(split_summary(records, args))
     summary.update(checkpoint=row.path, benchmark=row.benchmark, method=row.method, judge=judging.name(row.benchmark))
-    judged = [r for r in records if r["correct"] is not None]
+    judged = [r for r in test if r["correct"] is not None]
     for name in (None, *baselines):
         conf, corr = confidence_and_correct(judged if name is None else with_baseline(judged, name),
                                             args.missing_confidence)
@@ -465,7 +485,8 @@ def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Jud
 
 def adaptive_retrieval(row: Row, model, tokenizer, questions, records, method, judging, retriever, folder,
                        source: str, args):
-    """Answer again with the top-k passages, then sweep the confidence threshold."""
+    """Answer again with the top-k passages, then sweep the confidence threshold over the test questions; with a
+    dev split, retrieval.json holds that ``sweep`` and the τ chosen on dev (``tau_dev``, see tau_on_dev)."""
     evidence = retriever.retrieve([q["question"] for q in questions], args.retrieval_k)
     prompts = {q["id"]: method.build(q["question"], tokenizer, evidence=ev) for q, ev in zip(questions, evidence)}
     responses = generate_missing(model, tokenizer, prompts, folder / "generations_rag.jsonl", args.batch_size,
@@ -474,15 +495,27 @@ def adaptive_retrieval(row: Row, model, tokenizer, questions, records, method, j
     rag = judged_records(questions, responses, method, lambda a: judging.verdicts(row.benchmark, questions, a))
     write_jsonl(folder / "predictions_rag.jsonl", rag)
     both = [(r, g) for r, g in zip(records, rag) if r["correct"] is not None and g["correct"] is not None]
-    conf = [args.missing_confidence if r["confidence"] is None else r["confidence"] for r, _ in both]
-    sweep = threshold_sweep(conf, [r["correct"] for r, _ in both], [g["correct"] for _, g in both])
-    write_json(folder / "retrieval.json", sweep)
+    test = gated([(r, g) for r, g in both if r.get("split") != "dev"], args.missing_confidence)
+    sweep = threshold_sweep(*test)
+    result: list | dict = sweep
+    if any("split" in r for r in records):
+        dev = gated([(r, g) for r, g in both if r["split"] == "dev"], args.missing_confidence)
+        result = {"sweep": sweep, "tau_dev": tau_on_dev(threshold_sweep(*dev), *test, args.bootstrap, args.seed)
+                  if dev[0] else None}  # None: no dev question judged both ways
+    write_json(folder / "retrieval.json", result)
     plot_sweep(sweep, folder / "retrieval.png", title=f"{row.key}: confidence-gated retrieval")
-    return sweep
+    return result
+
+
+def gated(pairs: list[tuple[dict, dict]], missing_confidence: float) -> tuple[list[float], list[int], list[int]]:
+    """(confidence, correct without retrieval, correct with it) of (record, retrieval record) pairs."""
+    conf = [missing_confidence if r["confidence"] is None else r["confidence"] for r, _ in pairs]
+    return conf, [r["correct"] for r, _ in pairs], [g["correct"] for _, g in pairs]
 
 
 def run(args: argparse.Namespace) -> dict[Row, dict]:
     set_seed(args.seed)
+    check_recalibration_flags(args)
     checkpoints = parse_named(args.checkpoints, "--checkpoints")
     benchmarks = parse_named(args.benchmarks, "--benchmarks")
     out_dir = Path(args.output_dir)
@@ -499,6 +532,7 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
     questions = {name: load_benchmark(benchmark_kind(name), path, args.max_examples, args.seed)
                  for name, path in benchmarks}
     check_judging(args, questions)
+    dev = dev_splits(args, questions)
     for name, items in questions.items():
         if "popularity" in args.baselines and not carries_popularity(items):
             print(f"[step 4] --baselines popularity: skipped on {name}, whose questions carry no popularity "
@@ -511,7 +545,8 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
         judging = Judging(args)
         out_dir.mkdir(parents=True, exist_ok=True)
         mark_output(out_dir)
-        summaries = evaluate_checkpoints(checkpoints, tokenizers, benchmarks, questions, judging, args, retriever)
+        summaries = evaluate_checkpoints(checkpoints, tokenizers, benchmarks, questions, judging, args, retriever,
+                                         dev)
         kept = [row.key for row in earlier if row.key not in {r.key for r in summaries}]
         markdown = write_reports(out_dir, merge_results(earlier, summaries), args.n_bins)
     if kept:
@@ -520,7 +555,7 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
     print(markdown, flush=True)
     print(json.dumps({"step4": {"seconds": round(time.time() - started, 1), "peak_gpu_memory_gib": peak_gpu_memory_gib()}}),
           flush=True)
-    failures = sum(s["judge_failures"] for s in summaries.values())
+    failures = sum(s["judge_failures"] + s.get("dev", {}).get("judge_failures", 0) for s in summaries.values())
     if failures:
         where = f"the LLM judge at {judging.llm.endpoint}: " if judging.llm else ""
         raise UserError(f"{failures} judgments failed ({where}see judge_reason in predictions.jsonl); the finished "
@@ -530,7 +565,7 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
 
 def evaluate_checkpoints(checkpoints: list[tuple[str, str]], tokenizers: dict[str, Any],
                          benchmarks: list[tuple[str, str | None]], questions: dict[str, list[dict]], judging: Judging,
-                         args: argparse.Namespace, retriever) -> dict[Row, dict]:
+                         args: argparse.Namespace, retriever, dev: dict[str, set[str]]) -> dict[Row, dict]:
     """Every row of this run, one checkpoint's weights in memory at a time."""
     summaries: dict[Row, dict] = {}
     for checkpoint, path in checkpoints:
@@ -542,6 +577,7 @@ def evaluate_checkpoints(checkpoints: list[tuple[str, str]], tokenizers: dict[st
         for benchmark, _ in benchmarks:
             for method in args.methods:
                 row = Row(checkpoint, path, benchmark, method)
-                summaries[row] = evaluate_row(row, model, tokenizer, questions[benchmark], judging, args, retriever)
+                summaries[row] = evaluate_row(row, model, tokenizer, questions[benchmark], judging, args, retriever,
+                                              dev[benchmark])
         print(f"[step 4] {checkpoint}: {time.time() - start:.1f}s", flush=True)
     return summaries

@@ -90,16 +90,19 @@ def _validate(confidence: npt.ArrayLike, correct: npt.ArrayLike) -> tuple[np.nda
     return conf, corr.astype(int)
 
 
-def _bin_statistics(confidence: npt.ArrayLike, correct: npt.ArrayLike, n_bins: int = 10) -> BinStatistics:
-    """Equal-width binning shared by ECE, MCE and the reliability diagram.
+def bin_index(confidence: npt.ArrayLike, n_bins: int) -> np.ndarray:
+    """The equal-width bin of each confidence: ``clip(floor(confidence * n_bins), 0, n_bins - 1)`` in float64;
+    the clip only moves confidence 1.0 into the last (closed) bin."""
+    return np.clip(np.floor(np.asarray(confidence, dtype=float) * n_bins).astype(int), 0, n_bins - 1)
 
-    Bin index = ``clip(floor(confidence * n_bins), 0, n_bins - 1)`` in float64;
-    the clip only moves confidence 1.0 into the last (closed) bin.
-    """
+
+def bin_statistics(confidence: npt.ArrayLike, correct: npt.ArrayLike, n_bins: int = 10) -> BinStatistics:
+    """Equal-width binning (:func:`bin_index`) shared by ECE, MCE, the reliability diagram and histogram
+    recalibration."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     conf, corr = _validate(confidence, correct)
-    index = np.clip(np.floor(conf * n_bins).astype(int), 0, n_bins - 1)
+    index = bin_index(conf, n_bins)
     counts = np.bincount(index, minlength=n_bins)
     with np.errstate(invalid="ignore"):  # 0/0 -> NaN marks empty bins
         mean_conf = np.bincount(index, weights=conf, minlength=n_bins) / counts
@@ -109,7 +112,7 @@ def _bin_statistics(confidence: npt.ArrayLike, correct: npt.ArrayLike, n_bins: i
 
 def _bin_gaps(confidence: npt.ArrayLike, correct: npt.ArrayLike, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """(weight n_b / N, |mean_conf_b - acc_b|) for the non-empty bins."""
-    bins = _bin_statistics(confidence, correct, n_bins)
+    bins = bin_statistics(confidence, correct, n_bins)
     filled = bins.counts > 0
     weights = bins.counts[filled] / bins.counts.sum()
     return weights, np.abs(bins.mean_confidence[filled] - bins.accuracy[filled])

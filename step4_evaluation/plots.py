@@ -10,7 +10,7 @@ import numpy.typing as npt
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from step4_evaluation.metrics import _bin_statistics, ece
+from step4_evaluation.metrics import bin_statistics, ece
 
 
 def reliability_diagram(
@@ -23,13 +23,13 @@ def reliability_diagram(
     """Write a PNG: accuracy per confidence bin against the diagonal (annotated with ECE and n),
     and below it the histogram of confidences over the same bins.
 
-    Bins follow ``metrics._bin_statistics`` (0.0 in the first bin, 1.0 in the
+    Bins follow ``metrics.bin_statistics`` (0.0 in the first bin, 1.0 in the
     last). Uses the Agg canvas directly, so pyplot's global state is untouched.
     The file is written to a temporary file in the target directory and then
     moved into place with ``os.replace``, so readers never see a partial PNG.
     Returns the written path.
     """
-    bins = _bin_statistics(confidence, correct, n_bins)
+    bins = bin_statistics(confidence, correct, n_bins)
     width = 1.0 / n_bins
     left = bins.edges[:-1]
     filled = bins.counts > 0

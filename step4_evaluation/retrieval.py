@@ -2,7 +2,8 @@
 
 The model answers every question twice, without and with the top-k retrieved passages in its prompt;
 at threshold τ a question uses the retrieval answer exactly when its stated confidence is < τ. So
-τ = 0 never retrieves, τ > 1 always does, and each τ costs no extra generation.
+τ = 0 never retrieves, τ > 1 always does, and each τ costs no extra generation. With a dev split,
+:func:`tau_on_dev` picks τ on the dev questions and reports what it gives on the test questions.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from step4_evaluation.metrics import accuracy, bootstrap_ci
 from step4_evaluation.plots import save_figure
 from utils.data import DataError, check_row, json_lines
 
@@ -60,6 +62,26 @@ def threshold_sweep(confidence: Sequence[float], correct_without: Sequence[int],
         rows.append({"tau": float(tau), "retrieval_rate": float(retrieve.mean()),
                      "accuracy": float(np.where(retrieve, with_, without).mean())})
     return rows
+
+
+def tau_on_dev(dev_sweep: Sequence[dict], confidence: Sequence[float], correct_without: Sequence[int],
+               correct_with: Sequence[int], bootstrap: int = 0, seed: int = 0) -> dict[str, object]:
+    """The τ of ``dev_sweep`` with the best dev accuracy (ties: the smallest retrieval rate, then the smallest τ),
+    and on the test questions (the other arguments) its accuracy and retrieval rate beside never (τ = 0) and
+    always (τ > 1) retrieving; with ``bootstrap`` > 0, a seeded 95% interval of its test accuracy (``ci``)."""
+    best = min(dev_sweep, key=lambda r: (-r["accuracy"], r["retrieval_rate"], r["tau"]))
+    conf = np.asarray(confidence, dtype=float)
+    without, with_ = np.asarray(correct_without, dtype=float), np.asarray(correct_with, dtype=float)
+    retrieve = conf < best["tau"]
+    answered = np.where(retrieve, with_, without)
+    result: dict[str, object] = {
+        "tau": best["tau"], "dev_accuracy": best["accuracy"], "dev_retrieval_rate": best["retrieval_rate"],
+        "n_test": int(conf.size), "test_accuracy": float(answered.mean()),
+        "test_retrieval_rate": float(retrieve.mean()), "test_accuracy_never": float(without.mean()),
+        "test_accuracy_always": float(with_.mean())}
+    if bootstrap > 0:  # resampled test questions; accuracy only validates the confidences
+        result["ci"] = {"test_accuracy": list(bootstrap_ci(accuracy, conf, answered, bootstrap, seed=seed))}
+    return result
 
 
 def plot_sweep(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:

@@ -361,3 +361,55 @@ def test_popularity_baseline_is_skipped_with_a_note_where_questions_carry_none(t
             "(the facts world's do)\n") in printed
     assert summary["baselines"] == {} and "+popularity" not in (out / "results.md").read_text()
     assert not (out / "tiny/toy/zero_shot/reliability_popularity.png").exists()
+
+
+# --- a dev split: recalibration and τ fitted on held-out questions ------------------------------------------
+
+
+def test_recalibrate_without_a_dev_split_stops_at_start(tmp_path, tiny_checkpoint, toy_world_dir, no_model_load,
+                                                        capsys):
+    out = tmp_path / "out"
+    code = _main(out, [f"tiny={tiny_checkpoint}"], "--recalibrate", "isotonic",
+                 benchmark=toy_world_dir / "eval/test.jsonl")
+    assert code == 2 and not out.exists()
+    assert capsys.readouterr().err == ("error: --recalibrate isotonic is fitted on held-out questions: give "
+                                       "--dev_fraction > 0 (e.g. 0.3), or drop --recalibrate\n")
+
+
+def _predictions(folder: Path, name: str = "predictions.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (folder / name).read_text().splitlines()]
+
+
+def test_a_dev_split_reports_test_only_and_recalibrates_on_dev(tmp_path, tiny_checkpoint, toy_world_dir):
+    from step4_evaluation.retrieval import threshold_sweep
+
+    common = ("--benchmarks", f"toy={toy_world_dir / 'eval/test.jsonl'}", "--methods", "zero_shot", "vanilla",
+              "--retrieval_corpus", str(toy_world_dir / "corpus.jsonl"), "--bootstrap", "20")
+    plain = run(_args(tmp_path / "plain", tiny_checkpoint, *common))
+    split = run(_args(tmp_path / "split", tiny_checkpoint, *common, "--dev_fraction", "0.5", "--recalibrate",
+                      "isotonic"))
+    sides = {}
+    for row, summary in split.items():
+        folder = tmp_path / "split" / row.checkpoint / row.benchmark / row.method
+        records = _predictions(folder)
+        sides[row.method] = {r["id"]: r["split"] for r in records}
+        test = [r for r in records if r["split"] == "test"]
+        assert len(test) == 3 and summary["n"] + summary["judge_failures"] == 3  # metrics over test only
+        assert summary["accuracy"] == pytest.approx(sum(r["correct"] for r in test) / 3)
+        assert summary["dev"]["n"] == 3 and summary["recalibration"]["method"] == "isotonic"
+        assert summary["recalibration"]["fitted_on"] == 3 and set(summary["ci_recalibrated"]) == {"ece", "brier",
+                                                                                                   "auroc"}
+        retrieval = json.loads((folder / "retrieval.json").read_text())
+        rag = {r["id"]: r["correct"] for r in _predictions(folder, "predictions_rag.jsonl")}
+        assert retrieval == summary["retrieval"] and retrieval["sweep"] == threshold_sweep(
+            [r["confidence"] or 0.0 for r in test], [r["correct"] for r in test], [rag[r["id"]] for r in test])
+        assert retrieval["tau_dev"]["n_test"] == 3 and "test_accuracy" in retrieval["tau_dev"]["ci"]
+    assert sides["zero_shot"] == sides["vanilla"]  # one dev set per benchmark, whatever the method
+    new = {"dev", "ece_recalibrated", "brier_recalibrated", "auroc_recalibrated", "ci_recalibrated", "recalibration"}
+    for (row, before), after in zip(plain.items(), split.values()):
+        assert set(after) - set(before) == new and set(before) <= set(after)  # the default run has none of them
+        assert isinstance(before["retrieval"], list)  # and its retrieval.json stays a bare sweep
+        assert all("split" not in r for r in _predictions(tmp_path / "plain" / row.checkpoint / row.benchmark /
+                                                          row.method))
+    assert "ece_recalibrated" in (tmp_path / "split/results.md").read_text().splitlines()[0]
+    assert "ece_recalibrated" not in (tmp_path / "plain/results.md").read_text()

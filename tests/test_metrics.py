@@ -63,13 +63,13 @@ def test_mce_hand_example() -> None:
 
 def test_bins_keep_every_example_and_put_decimal_edges_in_upper_bin() -> None:
     edges = np.arange(11) / 10  # 0.0, 0.1, ..., 1.0
-    bins = m._bin_statistics(edges, np.ones(11, dtype=int), n_bins=10)
+    bins = m.bin_statistics(edges, np.ones(11, dtype=int), n_bins=10)
     assert bins.counts.tolist() == [1] * 9 + [2]  # k/10 -> bin k, 1.0 -> last bin
     assert bins.counts.sum() == 11
 
 
 def test_bin_statistics_empty_bins_are_nan() -> None:
-    bins = m._bin_statistics([0.05, 0.95], [1, 0], n_bins=4)
+    bins = m.bin_statistics([0.05, 0.95], [1, 0], n_bins=4)
     assert bins.counts.tolist() == [1, 0, 0, 1]
     assert np.isnan(bins.accuracy[1:3]).all() and np.isnan(bins.mean_confidence[1:3]).all()
     assert bins.accuracy[[0, 3]].tolist() == [1.0, 0.0]

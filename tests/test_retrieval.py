@@ -53,3 +53,23 @@ def test_plot_sweep_writes_png(tmp_path):
     path = plot_sweep(threshold_sweep([0.2, 0.8], [0, 1], [1, 1]), tmp_path / "r.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_tau_on_dev_takes_the_best_dev_accuracy_then_the_least_retrieval_then_the_smallest_tau():
+    from step4_evaluation.retrieval import tau_on_dev
+
+    dev_sweep = [{"tau": tau, "retrieval_rate": rate, "accuracy": acc}
+                 for tau, rate, acc in [(0.0, 0.0, 0.5), (0.3, 0.4, 0.7), (0.5, 0.2, 0.7), (0.6, 0.2, 0.7),
+                                        (1.01, 1.0, 0.6)]]
+    # test: confidences 0.1, 0.4, 0.8; right without retrieval 0,1,1; with it 1,0,0
+    chosen = tau_on_dev(dev_sweep, [0.1, 0.4, 0.8], [0, 1, 1], [1, 0, 0], bootstrap=50, seed=3)
+    assert chosen["tau"] == 0.5 and chosen["dev_accuracy"] == 0.7 and chosen["dev_retrieval_rate"] == 0.2
+    # τ = 0.5 retrieves for 0.1 and 0.4: answers 1, 0, 1
+    assert chosen["test_accuracy"] == pytest.approx(2 / 3) and chosen["test_retrieval_rate"] == pytest.approx(2 / 3)
+    assert chosen["test_accuracy_never"] == pytest.approx(2 / 3)
+    assert chosen["test_accuracy_always"] == pytest.approx(1 / 3)
+    low, high = chosen["ci"]["test_accuracy"]
+    assert 0.0 <= low <= chosen["test_accuracy"] <= high <= 1.0 and chosen["n_test"] == 3
+    assert chosen == tau_on_dev(dev_sweep, [0.1, 0.4, 0.8], [0, 1, 1], [1, 0, 0], bootstrap=50, seed=3)  # seeded
+    assert "ci" not in tau_on_dev(dev_sweep, [0.1], [0], [1])
+    assert tau_on_dev(threshold_sweep([0.2, 0.9], [0, 1], [1, 1]), [0.5], [1], [0])["tau"] == 0.3  # the first gain
