@@ -42,11 +42,10 @@ from step4_evaluation.confidence_readout import READOUTS, confidence_distributio
 from step4_evaluation.metrics import auroc, confidence_and_correct, ece, summarize
 from step4_evaluation.plots import reliability_diagram
 from step4_evaluation.prompting import get_method
-from step4_evaluation.recalibration import (RECALIBRATORS, check_recalibration_flags, dev_fraction, dev_splits,
-                                            split_summary)
+from step4_evaluation.recalibration import RECALIBRATORS, check_recalibration_flags, dev_splits, split_summary
 from step4_evaluation.retrieval import BM25Retriever, load_passages, plot_sweep, tau_on_dev, threshold_sweep
 from utils.args import (Parser, add_overwrite_output_dir_arg, env_var_name, non_negative_int, positive_float,
-                        positive_int, seed, unit_float)
+                        positive_int, seed, share_below_one, unit_float)
 from utils.confidence import MISSING_CONFIDENCE, ParsedConfidence, count_statuses
 from utils.data import encode_prompt
 from utils.errors import UserError
@@ -78,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--topk", type=positive_int, default=2, help="Guesses asked for by the topk method.")
     g.add_argument("--max_examples", type=positive_int, default=None, help="A seeded random subset of each benchmark.")
     g.add_argument("--seed", type=seed, default=1234)
-    g.add_argument("--dev_fraction", type=dev_fraction, default=0.0,
+    g.add_argument("--dev_fraction", type=share_below_one, default=0.0,
                    help="Share of each benchmark's questions held out as a seeded dev split (0: none): answered "
                         "like the rest, reported apart; every other metric is over the test questions.")
     g.add_argument("--output_dir", default="results/step4")
@@ -446,8 +445,11 @@ def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Jud
     responses = generate_missing(model, tokenizer, prompts, folder / "generations.jsonl", args.batch_size,
                                  args.max_new_tokens, args.max_prompt_len, desc=row.key, source=source,
                                  special_tokens=special_tokens)
-    prompt_ids = {qid: encode_prompt(tokenizer, prompt, args.max_prompt_len, special_tokens)
-                  for qid, prompt in prompts.items()}
+    baselines = [b for b in args.baselines if b != "popularity" or carries_popularity(questions)]
+    # the prompts as generation encoded them, for the passes that score a response after its prompt
+    prompt_ids = ({qid: encode_prompt(tokenizer, prompt, args.max_prompt_len, special_tokens)
+                   for qid, prompt in prompts.items()}
+                  if args.confidence_readout == "expected" or "answer_logprob" in baselines else {})
     distributions = None
     if args.confidence_readout == "expected":
         items = {qid: (ids, responses[qid]) for qid, ids in prompt_ids.items()}
@@ -455,7 +457,6 @@ def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Jud
                                                  args.batch_size, source, desc=f"{row.key} readout")
     records = judged_records(questions, responses, method, lambda a: judging.verdicts(row.benchmark, questions, a),
                              distributions)
-    baselines = [b for b in args.baselines if b != "popularity" or carries_popularity(questions)]
     if "answer_logprob" in baselines:
         items = {r["id"]: (prompt_ids[r["id"]], r["response"], r["answer"]) for r in records}
         means = answer_log_probs(model, tokenizer, items, args.batch_size, desc=f"{row.key} answer_logprob")

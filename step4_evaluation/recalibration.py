@@ -28,14 +28,6 @@ LOGIT_CLIP = 1e-3  # stated confidences of 0.0 and 1.0 have no logit; 1e-3 keeps
 RECALIBRATED = ("ece", "brier", "auroc")  # the metrics reported again on the recalibrated confidence
 
 
-def dev_fraction(text: str) -> float:
-    """``--dev_fraction``: a share of the questions in [0, 1); 1 would leave no test question."""
-    value = float(text)
-    if not 0.0 <= value < 1.0:  # also false for NaN
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
-    return value
-
-
 def dev_ids(ids: Sequence[str], fraction: float, seed: int, benchmark: str) -> set[str]:
     """The ``round(fraction * n)`` ids that come first in a seeded order of ``ids``: the dev questions.
 

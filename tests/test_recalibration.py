@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from step4_evaluation.metrics import auroc, ece
-from step4_evaluation.recalibration import dev_fraction, dev_ids, dev_splits, fit_recalibration, split_summary
+from step4_evaluation.recalibration import dev_ids, dev_splits, fit_recalibration, split_summary
+from utils.args import share_below_one
 from utils.errors import UserError
 
 IDS = [f"toy-{i}" for i in range(200)]
@@ -37,7 +38,7 @@ def test_dev_splits_are_one_per_benchmark_and_refuse_an_empty_side():
 @pytest.mark.parametrize("text", ["1", "1.5", "-0.1", "nan"])
 def test_dev_fraction_outside_0_1_is_refused(text):
     with pytest.raises(argparse.ArgumentTypeError, match=r"must lie in \[0, 1\)"):
-        dev_fraction(text)
+        share_below_one(text)
 
 
 def test_histogram_maps_each_bin_to_its_dev_accuracy():

@@ -96,6 +96,14 @@ def _unit_float(text: str) -> float:
     return value
 
 
+def share_below_one(text: str) -> float:
+    """A share of questions in [0, 1) (step 4's ``--dev_fraction``): 1 would leave none for the rest."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:  # also false for NaN
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
 # the checks above, for other modules' parsers (step 4)
 positive_int = _positive(int)
 positive_float = _positive(finite_float)
