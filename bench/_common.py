@@ -10,6 +10,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,12 +49,17 @@ def ensure_toy_world() -> None:
                     "--model_dir", str(TOY_BASE)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
+def toy_preset_env() -> dict[str, str]:
+    """The environment that points the run scripts' toy preset at this bench's world and checkpoints."""
+    return {**os.environ, "CONQORD_PRESET": "toy", "CONQORD_TOY_DATA": str(TOY_WORLD),
+            "CONQORD_TOY_BASE": str(TOY_BASE), "CONQORD_TOY_OUT": str(TOY_CKPT)}
+
+
 def ensure_toy_checkpoints(step1_steps: int = 150, step2_steps: int = 20) -> tuple[Path, Path]:
     """Short toy step-1 and step-2 runs (the real run_step{1,2}.sh toy presets, fewer steps): a step-1
     model that answers in the trained format and stops at EOS, as step 3 meets it (~45 s on 2 cores)."""
     ensure_toy_world()
-    env = {**os.environ, "CONQORD_PRESET": "toy", "CONQORD_TOY_DATA": str(TOY_WORLD),
-           "CONQORD_TOY_BASE": str(TOY_BASE), "CONQORD_TOY_OUT": str(TOY_CKPT)}
+    env = toy_preset_env()
     for step, script, steps in (("step1", "step1_supervised_finetuning_LM/run_step1.sh", step1_steps),
                                 ("step2", "step2_reward_model/run_step2.sh", step2_steps)):
         if not (TOY_CKPT / step / "config.json").is_file():
@@ -61,6 +67,24 @@ def ensure_toy_checkpoints(step1_steps: int = 150, step2_steps: int = 20) -> tup
             subprocess.run(["bash", str(ROOT / script), "--max_steps", str(steps)], check=True, cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL)
     return TOY_CKPT / "step1", TOY_CKPT / "step2"
+
+
+def toy_step3_flags() -> list[str]:
+    """The step-3 flags of ``run_step3.sh``'s toy preset, exactly as the script builds them (its paths pointed
+    at this bench's world and checkpoints): the script runs with a stub ``python`` first on its PATH that
+    prints the arguments it is launched with, so a bench cannot drift from the preset."""
+    script = ROOT / "step3_RL_finetune_LLM" / "run_step3.sh"
+    with tempfile.TemporaryDirectory() as stub_dir:
+        stub = Path(stub_dir) / "python"
+        stub.write_text('#!/bin/sh\nprintf \'%s\\0\' "$@"\n')
+        stub.chmod(0o755)
+        env = {**toy_preset_env(), "CONQORD_NPROC": "1", "PATH": f"{stub_dir}{os.pathsep}{os.environ['PATH']}"}
+        env.pop("CONQORD_HOSTFILE", None)  # one plain process: the script launches `python -m MODULE FLAGS…`
+        launched = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+                                  check=True).stdout.split("\0")[:-1]
+    if launched[:2] != ["-m", "step3_RL_finetune_LLM.main"]:
+        raise SystemExit(f"{script} (toy preset) did not launch `python -m step3_RL_finetune_LLM.main`: {launched[:3]}")
+    return launched[2:]
 
 
 def ensure_llama_1b(device, layers: int = SHAPE_1B["num_hidden_layers"]) -> Path:
@@ -92,14 +116,22 @@ def ensure_llama_1b(device, layers: int = SHAPE_1B["num_hidden_layers"]) -> Path
     return folder
 
 
-def toy_prompts(tokenizer, count: int, max_len: int, seed: int) -> list[list[int]]:
-    """The first ``count`` PPO prompts of the toy world after a seeded shuffle, encoded as step 3 does."""
+def toy_ppo_rows(seed: int) -> list[dict]:
+    """The toy world's PPO rows (prompt, answers) after a seeded shuffle."""
     import random
 
+    from utils.jsonl import read_jsonl
+
+    rows = read_jsonl(TOY_WORLD / "step3_ppo" / "train.jsonl")
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def toy_prompts(tokenizer, count: int, max_len: int, seed: int) -> tuple[list[list[int]], list[dict]]:
+    """The first ``count`` PPO prompts of the toy world after a seeded shuffle, encoded as step 3 does."""
     from utils.data import encode_prompt
 
-    rows = [json.loads(line) for line in (TOY_WORLD / "step3_ppo" / "train.jsonl").read_text().splitlines()]
-    random.Random(seed).shuffle(rows)
+    rows = toy_ppo_rows(seed)
     rows = (rows * (count // len(rows) + 1))[:count]
     return [encode_prompt(tokenizer, row["prompt"], max_len) for row in rows], rows
 
@@ -172,81 +204,3 @@ def write_json(result: dict, out: str | None) -> None:
 
 def token_ids(tokenizer) -> SimpleNamespace:
     return SimpleNamespace(pad=tokenizer.pad_token_id, eos=tokenizer.eos_token_id)
-
-
-# ---- proposed changes, applied as monkeypatches (the package itself is not edited) -------------------
-
-def _release_without_gc(engine) -> None:
-    """``release_zero3_parameters`` minus ``gc.collect()`` and ``empty_cache()``: DeepSpeed's
-    ``engine.empty_partition_cache()`` runs both after re-partitioning; the partitioning is the part
-    that matters (``engine.optimizer`` is the ZeRO-3 optimizer, or ``DeepSpeedZeRoOffload`` for a
-    frozen engine; both have ``empty_partition_cache``)."""
-    if getattr(engine, "zero_optimization_partition_weights", lambda: False)():
-        engine.optimizer.empty_partition_cache()
-
-
-class Patches:
-    """Named monkeypatches, each switched on for a ``with`` block and undone after."""
-
-    skipped: set = set()  # targets that no longer exist (the package changed under the bench)
-
-    def __init__(self, names: list[str]):
-        self.names, self.undo = names, []
-
-    def _set(self, owner, attr: str, value) -> None:
-        if not hasattr(owner, attr):
-            if f"{owner.__name__}.{attr}" not in Patches.skipped:
-                log(f"patch target {owner.__name__}.{attr} is gone (the package changed): patch skipped")
-            Patches.skipped.add(f"{owner.__name__}.{attr}")
-            return
-        self.undo.append((owner, attr, getattr(owner, attr)))
-        setattr(owner, attr, value)
-
-    def __enter__(self):
-        import utils.model
-
-        # a fixed order: a patch that wraps a function must come after one that replaces it
-        order = ["nogc", *PATCHES]
-        for name in sorted(self.names, key=lambda n: order.index(n) if n in order else len(order)):
-            if already_applied(name):
-                if name not in Patches.skipped:
-                    log(f"patch {name}: the package already does this, skipped")
-                Patches.skipped.add(name)
-                continue
-            if name == "nogc":
-                self._set(utils.model, "release_zero3_parameters", _release_without_gc)
-            else:
-                extra = PATCHES.get(name)
-                if extra is None:
-                    raise SystemExit(f"unknown patch {name!r}; known: nogc, {', '.join(PATCHES)}")
-                extra(self)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for owner, attr, value in reversed(self.undo):
-            setattr(owner, attr, value)
-        self.undo = []
-
-
-PATCHES: dict = {}  # more patches, registered by the scripts that define them
-
-
-def already_applied(name: str) -> bool:
-    """Whether the package's code already holds the change (then the patch would undo or double it)."""
-    import inspect
-
-    try:
-        if name == "nogc":
-            import utils.model
-
-            source = inspect.getsource(utils.model.release_zero3_parameters)
-            return "optimizer.empty_partition_cache()" in source or "empty_partition_cache" not in source
-        from step3_RL_finetune_LLM import experience
-
-        if name == "logits_to_keep":
-            return "logits_to_keep" in inspect.getsource(experience.response_log_probs)
-        if name == "fused_old_log_probs":
-            return "log_probs" in inspect.getsource(experience.ExperienceMaker.rollout)
-    except (AttributeError, OSError, TypeError):
-        return False
-    return False

@@ -1,13 +1,14 @@
 """One PPO step of step 3, by phase, ZeRO-3 vs ZeRO-0 — with the real step-3 code.
 
 Not a test. Engines come from ``rlhf_engine.build_engines`` on a namespace parsed by ``trainer.build_parser()``
-from the toy preset's flags (``step3_RL_finetune_LLM/run_step3.sh``, toy branch: 64 rollouts x 12 new tokens,
-training minibatch 32, ZeRO-3, fp32); ``ExperienceMaker.make`` and ``trainer.ppo_update`` run unchanged.
+from the toy preset's flags as ``step3_RL_finetune_LLM/run_step3.sh`` builds them (``_common.toy_step3_flags``:
+64 rollouts x 12 new tokens, training minibatch 32, ZeRO-3, fp32), this bench's paths, stage and steps appended;
+``ExperienceMaker.make`` and ``trainer.ppo_update`` run unchanged.
 Phases are timed by wrapping the names those functions call (``time.perf_counter``, a CUDA synchronise on
 each side on GPU):
 
-  generation       ExperienceMaker.rollout (gather once, generate, re-hook)
-  actor_log_probs  response_log_probs(actor)      (old log-probs)
+  generation       ExperienceMaker.rollout (gather once, generate, re-hook), less the old log-probs in it
+  actor_log_probs  response_log_probs(actor)      (old log-probs, on the gathered actor inside the rollout)
   ref_log_probs    response_log_probs(reference)
   critic_values    response_values(critic)
   reward           oracle_quality / reward model, scoped_dual_reward
@@ -15,20 +16,15 @@ each side on GPU):
   make_other       the rest of make(): decoding, confidence parsing, stats
   update_*         ppo_update: actor / critic forward, backward, step; update_other = the rest
 
-Each ZeRO stage runs in its own child process (fresh DeepSpeed state). ``--patches`` switches on
-proposed changes as monkeypatches (see bench/README.md); ``--compare_patches`` runs every stage with and
-without them, interleaved step by step in the same process, so both see the same machine load.
+Each ZeRO stage runs in its own child process (fresh DeepSpeed state).
 
     python bench/ppo_step_bench.py                                 # toy, CPU, ZeRO-3 and ZeRO-0
-    python bench/ppo_step_bench.py --compare_patches nogc,fused_old_log_probs
     python bench/ppo_step_bench.py --device cuda --shape 1b --steps 2
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import random
 import statistics
 import subprocess
 import sys
@@ -41,16 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 from utils.args import Parser  # noqa: E402  (_common put the repo root on sys.path)
 
-# step3_RL_finetune_LLM/run_step3.sh, toy branch (paths, steps and logging filled in below)
-TOY_PRESET = ["--data_split", "0,0,10", "--quality_reward", "oracle", "--alpha", "2.0",
-              "--align_reward_reduction", "mean", "--align_reward_scope", "global",
-              "--per_device_generation_batch_size", "64", "--per_device_training_batch_size", "32",
-              "--generation_batches", "1", "--ppo_epochs", "1", "--max_prompt_seq_len", "32",
-              "--max_answer_seq_len", "12", "--actor_learning_rate", "1e-4", "--critic_learning_rate", "3e-4",
-              "--freezing_actor_steps", "50", "--actor_weight_decay", "0.", "--critic_weight_decay", "0.",
-              "--lr_scheduler_type", "constant", "--num_warmup_steps", "0", "--temperature", "1.0",
-              "--top_p", "1.0", "--kl_ctl", "0.1", "--seed", "1234", "--disable_actor_dropout",
-              "--dtype", "fp32", "--actor_lora_dim", "0", "--critic_lora_dim", "0"]
 # the 1B shape on one GPU: bf16, smaller batches, modest lengths (keeps a run near a minute)
 BIG = {"--per_device_generation_batch_size": "16", "--per_device_training_batch_size": "8",
        "--max_prompt_seq_len": "64", "--max_answer_seq_len": "64", "--dtype": "bf16"}
@@ -72,13 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--critic", default=None, help="step-2 folder (default: short toy step-2 run under bench/tmp)")
     p.add_argument("--freeze_actor", action="store_true",
                    help="critic-only updates (the toy preset's first 50 steps); default: actor and critic update")
-    p.add_argument("--patches", default="", help="comma list of proposed changes to switch on (see README)")
-    p.add_argument("--compare_patches", default="",
-                   help="comma list: time each step without and with these patches, interleaved")
     p.add_argument("--step3_flags", nargs=argparse.REMAINDER, default=[],
                    help="more step-3 flags, appended last (e.g. --zero3_settings stage3_param_persistence_threshold=0)")
-    p.add_argument("--verify", action="store_true",
-                   help="fused_old_log_probs: also run the engine forward it replaces, record the largest difference")
     p.add_argument("--profile", default=None,
                    help="write a cProfile table (top 60 by cumulative time) of the timed steps to PATH.stageN.txt")
     p.add_argument("--layers", type=int, default=24,
@@ -95,81 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# ---- proposed changes (bench/README.md) -----------------------------------------------------------------
-
-def _patch_fused_old_log_probs(patches: common.Patches) -> None:
-    """Old log-probs from the gathered actor inside the rollout, not a second ZeRO-3 forward after it.
-
-    The same full-sequence, no-cache forward (``response_log_probs``) on the same weights: only where it
-    runs changes (inside ``unwrapped_for_generation``, no fetch hooks), so the numbers are identical.
-    ``make`` then finds them cached instead of running the actor engine again."""
-    from step3_RL_finetune_LLM import experience
-
-    original_log_probs = experience.response_log_probs
-
-    @experience.torch.no_grad()
-    def rollout(self, prompt_ids):
-        actor = self.engines.actor
-        with experience.unwrapped_for_generation(actor) as model:
-            model.eval()
-            fused = (experience.lora_fused(model) if actor.zero_optimization_stage() == 3
-                     else contextlib.nullcontext(model))
-            with fused:
-                out = experience.generate(model, prompt_ids, self.generation, self.tokenizer.pad_token_id,
-                                          self.tokenizer.eos_token_id)
-            # outside lora_fused (LoRA unfused, as the engine computes it), still gathered and hook-free
-            sequences, attention_mask, width = out
-            sequences = sequences.to(actor.device)
-            self._old_log_probs = (sequences, original_log_probs(model, sequences, attention_mask.to(actor.device),
-                                                                 width))
-        return sequences, attention_mask, width
-
-    def response_log_probs(model, sequences, attention_mask, prompt_width):
-        cached = getattr(_current_maker, "_old_log_probs", None)
-        if cached is not None and model is _current_maker.engines.actor and torch_equal(cached[0], sequences):
-            _current_maker._old_log_probs = None
-            if VERIFY is not None:  # --verify: the engine's own forward, for the record
-                VERIFY.append((original_log_probs(model, sequences, attention_mask, prompt_width) - cached[1])
-                              .abs().max().item())
-            return cached[1]
-        return original_log_probs(model, sequences, attention_mask, prompt_width)
-
-    patches._set(experience.ExperienceMaker, "rollout", rollout)
-    patches._set(experience, "response_log_probs", response_log_probs)
-
-
-def response_log_probs_kept(model, sequences, attention_mask, prompt_width):
-    """``response_log_probs`` asking the LM head for the response positions only (``logits_to_keep``):
-    the same per-position logits, without the (batch, prompt, vocab) block that is sliced away after."""
-    from step3_RL_finetune_LLM.experience import gather_log_probs, position_ids
-
-    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                   use_cache=False, logits_to_keep=sequences.shape[1] - prompt_width + 1).logits
-    return gather_log_probs(logits[:, :-1], sequences[:, prompt_width:])
-
-
-def _patch_logits_to_keep(patches: common.Patches) -> None:
-    from step3_RL_finetune_LLM import experience, trainer
-
-    patches._set(experience, "response_log_probs", response_log_probs_kept)
-    patches._set(trainer, "response_log_probs", response_log_probs_kept)
-
-
-def torch_equal(a, b) -> bool:
-    return a is b or (a.shape == b.shape and a.device == b.device and bool((a == b).all()))
-
-
-_current_maker = None
-VERIFY: list | None = None
-common.PATCHES["logits_to_keep"] = _patch_logits_to_keep  # before fused_old_log_probs, which wraps it
-common.PATCHES["fused_old_log_probs"] = _patch_fused_old_log_probs
-
-
 # ---- phase timing ---------------------------------------------------------------------------------------
 
 class Phases:
-    """Wraps the names ``make`` and ``ppo_update`` call, adding their seconds to the current record.
-    Installed inside the patches of a variant (so patched functions are timed too), removed after."""
+    """Wraps the names ``make`` and ``ppo_update`` call, adding their seconds to the current record; removed
+    after the timed steps."""
 
     def __init__(self, clock, engines):
         self.clock, self.engines, self.record, self.undo = clock, engines, defaultdict(float), []
@@ -195,7 +106,8 @@ class Phases:
         from step3_RL_finetune_LLM import experience, trainer
 
         engines = self.engines
-        role = {id(engines.actor): "actor", id(engines.ref): "ref"}
+        # the old log-probs: the rollout scores its samples on the gathered actor module, not through the engine
+        role = {id(engines.actor.module): "actor", id(engines.ref): "ref"}
         self.wrap(experience.ExperienceMaker, "make", lambda *a: "make")
         self.wrap(trainer, "ppo_update", lambda *a: "ppo_update")
         self.wrap(experience.ExperienceMaker, "rollout", lambda *a: "generation")
@@ -227,6 +139,7 @@ class Phases:
 
     def take(self) -> dict[str, float]:
         record, self.record = dict(self.record), defaultdict(float)
+        record["generation"] -= record.get("actor_log_probs", 0.0)  # timed inside the rollout: counted once
         record["make_other"] = record.pop("make") - sum(record.get(k, 0.0) for k in MAKE_PHASES)
         record["update_other"] = record.pop("ppo_update") - sum(record.get(k, 0.0) for k in UPDATE_PHASES)
         record["step"] = record["make_other"] + record["update_other"] + sum(
@@ -255,20 +168,18 @@ def count_trace_invalidations() -> dict:
 def step3_namespace(args, stage: int, actor: Path, critic: Path):
     from step3_RL_finetune_LLM.trainer import build_parser
 
-    flags = list(TOY_PRESET)
+    flags = common.toy_step3_flags()  # later flags win: the bench's own come after the preset's
     if args.shape == "1b":
-        for key, value in BIG.items():
-            flags[flags.index(key) + 1] = value
-    flags += ["--data_path", str(common.TOY_WORLD / "step3_ppo"), "--actor_model_name_or_path", str(actor),
-              "--critic_model_name_or_path", str(critic), "--actor_zero_stage", str(stage),
-              "--critic_zero_stage", str(stage), "--max_steps", str(args.warmup + args.steps),
-              "--output_dir", str(common.TMP / "ppo_bench_out"), *args.step3_flags]
+        flags += [item for pair in BIG.items() for item in pair]
+    flags += ["--actor_model_name_or_path", str(actor), "--critic_model_name_or_path", str(critic),
+              "--actor_zero_stage", str(stage), "--critic_zero_stage", str(stage),
+              "--max_steps", str(args.warmup + args.steps), "--output_dir", str(common.TMP / "ppo_bench_out"),
+              *args.step3_flags]
     return build_parser().parse_args(flags), flags
 
 
 def child(args) -> dict:
     """One ZeRO stage: build the engines, warm up, time ``--steps`` PPO steps by phase."""
-    global _current_maker, VERIFY
     common.set_cpu_env(args.device)
     import torch
 
@@ -293,47 +204,37 @@ def child(args) -> dict:
     set_seed(ns.seed)
     clock = common.Clock(args.device, args.clock)
     tokenizer = load_tokenizer(ns.tokenizer_model_name_or_path or ns.actor_model_name_or_path, padding_side="left")
-    rows = [json.loads(line) for line in (common.TOY_WORLD / "step3_ppo" / "train.jsonl").read_text().splitlines()]
-    random.Random(ns.seed).shuffle(rows)
+    rows = common.toy_ppo_rows(ns.seed)
     start = clock()
     engines = build_engines(ns, tokenizer, ns.max_steps)
     build_s = clock() - start
     generation = GenerationSettings(max_new_tokens=ns.max_answer_seq_len, do_sample=not ns.greedy_rollouts,
                                     temperature=ns.temperature, top_p=ns.top_p)
     maker = experience.ExperienceMaker(engines, tokenizer, generation, trainer.reward_settings(ns))
-    _current_maker = maker
-    VERIFY = [] if args.verify else None
     phases = Phases(clock, engines)
     invalidations = count_trace_invalidations()
-
-    variants = [("as_is", [])]
-    if args.compare_patches:
-        variants.append(("patched", args.compare_patches.split(",")))
-    base_patches = [p for p in args.patches.split(",") if p]
     batch = ns.per_device_generation_batch_size
-    records: dict[str, list[dict]] = {name: [] for name, _ in variants}
-    response_tokens: dict[str, list[float]] = {name: [] for name, _ in variants}
+    records: list[dict] = []
+    response_tokens: list[float] = []
     profiler = None
-    for step in range(args.warmup + args.steps):
-        if args.profile and step == args.warmup:
-            import cProfile
+    with phases:
+        for step in range(args.warmup + args.steps):
+            if args.profile and step == args.warmup:
+                import cProfile
 
-            profiler = cProfile.Profile()
-            profiler.enable()
-        chunk = [rows[(step * batch + i) % len(rows)] for i in range(batch)]
-        prompts = [encode_prompt(tokenizer, row["prompt"], ns.max_prompt_seq_len) for row in chunk]
-        golds = [row["answers"] for row in chunk]
-        # alternate which variant goes first, so neither always runs on the caches the other warmed
-        for name, patch_names in (variants if step % 2 == 0 else variants[::-1]):
-            with common.Patches(base_patches + patch_names), phases:
-                torch.manual_seed(ns.seed + step * 1000)  # as trainer.run seeds each step
-                exp = maker.make(prompts, golds)
-                trainer.ppo_update(engines, exp, ns, update_actor=not args.freeze_actor)
+                profiler = cProfile.Profile()
+                profiler.enable()
+            chunk = [rows[(step * batch + i) % len(rows)] for i in range(batch)]
+            prompts = [encode_prompt(tokenizer, row["prompt"], ns.max_prompt_seq_len) for row in chunk]
+            golds = [row["answers"] for row in chunk]
+            torch.manual_seed(ns.seed + step * 1000)  # as trainer.run seeds each step
+            exp = maker.make(prompts, golds)
+            trainer.ppo_update(engines, exp, ns, update_actor=not args.freeze_actor)
             record = phases.take()
             record["zero3_trace_invalidations"] = invalidations.pop("n", 0)
             if step >= args.warmup:
-                records[name].append(record)
-                response_tokens[name].append(exp.stats["response_length"])
+                records.append(record)
+                response_tokens.append(exp.stats["response_length"])
     if profiler is not None:
         import io
         import pstats
@@ -342,34 +243,23 @@ def child(args) -> dict:
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(60)
         Path(f"{args.profile}.stage{stage}.txt").write_text(text.getvalue())
-    result = {"stage": stage, "build_s": round(build_s, 2), "step3_flags": flags, "variants": {}}
-    for name, patch_names in variants:
-        keys = sorted({k for r in records[name] for k in r})
-        result["variants"][name] = {
-            "patches": base_patches + patch_names,
-            "median_s": {k: statistics.median(r.get(k, 0.0) for r in records[name]) for k in keys},
-            "runs_step_s": [round(r["step"], 4) for r in records[name]],
-            "response_length": statistics.mean(response_tokens[name])}
-    result["skipped_patches"] = sorted(common.Patches.skipped)
-    result["source_sha1"] = common.source_digest()
-    if VERIFY is not None:
-        result["fused_old_log_probs_max_abs_diff"] = max(VERIFY, default=None)
+    keys = sorted({k for r in records for k in r})
+    result = {"stage": stage, "build_s": round(build_s, 2), "step3_flags": flags,
+              "median_s": {k: statistics.median(r.get(k, 0.0) for r in records) for k in keys},
+              "runs_step_s": [round(r["step"], 4) for r in records],
+              "response_length": statistics.mean(response_tokens), "source_sha1": common.source_digest()}
     print("CHILD_RESULT " + json.dumps(result), flush=True)
     return result
 
 
 def table(result: dict) -> list[str]:
     stages = result["stages"]
-    columns = [(s["stage"], name) for s in stages for name in s["variants"]]
     head = f"| phase (median {result['clock']} s per step) | " + " | ".join(
-        f"ZeRO-{stage}" + ("" if name == "as_is" else " patched") for stage, name in columns) + " |"
-    lines = [head, "|---" * (len(columns) + 1) + "|"]
+        f"ZeRO-{s['stage']}" for s in stages) + " |"
+    lines = [head, "|---" * (len(stages) + 1) + "|"]
     order = [*MAKE_PHASES, "make_other", *UPDATE_PHASES, "update_other", "step", "zero3_trace_invalidations"]
     for phase in order:
-        cells = []
-        for stage, name in columns:
-            variant = next(s for s in stages if s["stage"] == stage)["variants"][name]
-            cells.append(f"{variant['median_s'].get(phase, 0.0):.3f}")
+        cells = [f"{s['median_s'].get(phase, 0.0):.3f}" for s in stages]
         if phase == "zero3_trace_invalidations":
             cells = [c[:-4] for c in cells]  # a count
         label = f"**{phase}**" if phase == "step" else phase
@@ -385,9 +275,7 @@ def main(argv=None) -> dict:
     if args.shape == "toy" and not args.actor:
         common.ensure_toy_checkpoints()
     result = {"bench": "ppo_step", "device": args.device, "shape": args.shape, "steps": args.steps,
-              "warmup": args.warmup, "update_actor": not args.freeze_actor, "clock": args.clock,
-              "patches": args.patches,
-              "compare_patches": args.compare_patches, "stages": []}
+              "warmup": args.warmup, "update_actor": not args.freeze_actor, "clock": args.clock, "stages": []}
     argv = list(sys.argv[1:] if argv is None else argv)
     for stage in (int(s) for s in args.stages.split(",")):
         common.log(f"ZeRO-{stage}: building engines and timing {args.warmup}+{args.steps} steps")

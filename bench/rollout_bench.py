@@ -28,9 +28,9 @@ import _common as common  # noqa: E402
 from utils.args import Parser, seed  # noqa: E402  (_common put the repo root on sys.path)
 
 FORCED = [("stage3_param_persistence_threshold", 0.0)]
-HEADER = ("| device | shape | ZeRO-3 config | batch | prompt | new tokens | (a) gather-once tok/s | "
-          "(a') same, no gc.collect | (b) hooked tok/s | (a)/(b) | (a')/(b) | same tokens | plain tok/s |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| device | shape | ZeRO-3 config | batch | prompt | new tokens | (a) gather-once tok/s | (b) hooked tok/s | "
+          "(a)/(b) | same tokens | plain tok/s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -148,26 +148,22 @@ def main(argv=None) -> dict:
                 unwrapped.eval()
                 return generate(unwrapped, prompts, settings, ids.pad, eos)
 
-        def gather_once_nogc():  # the proposed release_zero3_parameters (see README): no gc.collect()
-            with common.Patches(["nogc"]):
-                return gather_once()
-
         def hooked():
             engine.module.eval()
             return generate(engine.module, prompts, settings, ids.pad, eos)
 
-        def gather_only(patches=()):
-            with common.Patches(list(patches)), unwrapped_for_generation(engine):
+        def gather_only():
+            with unwrapped_for_generation(engine):
                 pass
             return torch.zeros(1, 1), None, 1
 
-        paths = {"gather_once": gather_once, "gather_once_nogc": gather_once_nogc, "hooked": hooked}
+        paths = {"gather_once": gather_once, "hooked": hooked}
         if plain is not None:
             paths["plain"] = lambda: generate(plain, prompts, settings, ids.pad, eos)
         for _ in range(args.warmup):
             for call in paths.values():
                 timed(call)
-        seconds = {key: [] for key in (*paths, "gather_only", "gather_only_nogc")}
+        seconds = {key: [] for key in (*paths, "gather_only")}
         tokens, same = {}, True
         for repeat in range(args.repeats):  # interleaved, order rotated: drifting load hits every path alike
             outputs = {}
@@ -177,7 +173,6 @@ def main(argv=None) -> dict:
                 s, outputs[key], tokens[key] = timed(call)
                 seconds[key].append(s)
             seconds["gather_only"].append(timed(gather_only)[0])
-            seconds["gather_only_nogc"].append(timed(lambda: gather_only(["nogc"]))[0])
             same = same and all(out.shape == outputs["hooked"].shape and bool((out == outputs["hooked"]).all())
                                 for out in outputs.values())
         entry = {"name": name, "zero3_settings": dict(settings3), **count_partitioned(engine.module),
@@ -186,13 +181,10 @@ def main(argv=None) -> dict:
             stats = common.summary(seconds[key])
             entry[key] = {**stats, "tokens_per_s": tokens[key] / stats["median"]}
         entry["gather_and_rehook_s"] = common.summary(seconds["gather_only"])["median"]
-        entry["gather_and_rehook_nogc_s"] = common.summary(seconds["gather_only_nogc"])["median"]
         entry["ratio"] = entry["gather_once"]["tokens_per_s"] / entry["hooked"]["tokens_per_s"]
-        entry["ratio_nogc"] = entry["gather_once_nogc"]["tokens_per_s"] / entry["hooked"]["tokens_per_s"]
         result["configs"].append(entry)
-        common.log(f"{name}: gather-once {entry['gather_once']['tokens_per_s']:.0f} tok/s (no gc.collect: "
-                   f"{entry['gather_once_nogc']['tokens_per_s']:.0f}), hooked {entry['hooked']['tokens_per_s']:.0f} "
-                   f"tok/s, ratio {entry['ratio']:.2f} ({entry['ratio_nogc']:.2f}), same tokens {same}")
+        common.log(f"{name}: gather-once {entry['gather_once']['tokens_per_s']:.0f} tok/s, hooked "
+                   f"{entry['hooked']['tokens_per_s']:.0f} tok/s, ratio {entry['ratio']:.2f}, same tokens {same}")
         engine = model = None  # noqa: F841 (frees them before the next config)
         gc.collect()
         if args.device == "cuda":
@@ -203,9 +195,8 @@ def main(argv=None) -> dict:
         rows.append(f"| {args.device}, {args.clock} clock | {args.shape} | {entry['name']} "
                     f"({entry['partitioned']}/{entry['params']} params partitioned) | {args.batch} | "
                     f"{result['prompt_len_max']} | {args.new_tokens} | "
-                    f"{entry['gather_once']['tokens_per_s']:.0f} | {entry['gather_once_nogc']['tokens_per_s']:.0f} | "
-                    f"{entry['hooked']['tokens_per_s']:.0f} | **{entry['ratio']:.2f}x** | "
-                    f"**{entry['ratio_nogc']:.2f}x** | {entry['same_tokens']} | "
+                    f"{entry['gather_once']['tokens_per_s']:.0f} | {entry['hooked']['tokens_per_s']:.0f} | "
+                    f"**{entry['ratio']:.2f}x** | {entry['same_tokens']} | "
                     f"{'' if plain_tps is None else f'{plain_tps:.0f}'} |")
     result["markdown"] = rows
     print(HEADER)

@@ -21,8 +21,10 @@ import numpy as np
 
 from experiments.toy_ablation import VARIANTS, Settings, Variant, _mean, _ms, aggregate
 from step4_evaluation.confidence_readout import READOUTS
-from step4_evaluation.metrics import confidence_and_correct, ece_if_calibrated
-from utils.args import Parser, seed
+from step4_evaluation.metrics import auroc, confidence_and_correct, ece, ece_if_calibrated
+from step4_evaluation.recalibration import RECALIBRATORS, fit_on_dev, recalibrated_test
+from utils.args import Parser, seed, share_below_one
+from utils.jsonl import read_jsonl
 
 TARGETS = {"ece": 0.10, "auroc": 0.75, "parse_failure_rate": 0.01, "auroc_medium": 0.60, "accuracy_drop": 0.02}
 COLUMNS = ("accuracy", "Δacc SFT", "Δacc α=0", "ece", "ece if calibrated", "auroc", "auroc easy", "auroc medium",
@@ -98,9 +100,10 @@ READOUT_TITLES = {"stated": "the number the greedy answer states (the paper's re
 
 
 def readout_section(out: Path, seeds: list[int], untuned: list[int], variants: tuple[Variant, ...],
-                    readout: str) -> list[str]:
+                    readout: str, dev_fraction: float = 0.0) -> list[str]:
     """The table and the targets for one confidence readout: the tuning seeds' means, then each untuned seed."""
-    s = Settings(out=out, seeds=seeds, ppo_steps=0, variants=variants, jobs=1, confidence_readout=readout)
+    s = Settings(out=out, seeds=seeds, ppo_steps=0, variants=variants, jobs=1, confidence_readout=readout,
+                 dev_fraction=dev_fraction)
     done = tuple(v for v in variants if all(_evaluated(s, seed, v.name) for seed in seeds))
     table, lines = _table(replace(s, variants=done))
     text = [f"## Confidence read as {READOUT_TITLES[readout]}", "", f"### Tuning seeds ({', '.join(map(str, seeds))})",
@@ -128,21 +131,115 @@ def readout_section(out: Path, seeds: list[int], untuned: list[int], variants: t
     return text + [""]
 
 
+# ---------------------------------------------------------------- recalibration on the dev split (issue 21)
+
+RECALIBRATION_TARGETS = {"ece": 0.05, "auroc_change": 0.01}
+
+
+def recalibrated(s: Settings, seed: int, variant: str, method: str) -> dict[str, float]:
+    """Raw and ``method``-recalibrated test ECE and AUROC of one run, the map refitted on its dev answers as step 4
+    fits it (so every method is compared on the same answers, whichever one step 4 ran with), and the recalibrated
+    confidences' ECE floor (:func:`ece_if_calibrated`: a step map has few values, so a lower floor)."""
+    folder = s.results(seed) / variant / "toy/zero_shot"
+    summary = json.loads((folder / "summary.json").read_text())
+    records = read_jsonl(folder / "predictions.jsonl")
+    if not any(r.get("split") == "dev" for r in records):
+        raise SystemExit(f"error: {folder}/predictions.jsonl has no dev split: evaluate with the harness's "
+                         "--dev_fraction first")
+    missing, n_bins = summary["missing_confidence"], summary["n_bins"]
+    mapped, correct = recalibrated_test(records, fit_on_dev(records, method, missing, n_bins), missing)
+    return {"ece": summary["ece"], "auroc": summary["auroc"], "ece_recalibrated": ece(mapped, correct, n_bins),
+            "auroc_recalibrated": auroc(mapped, correct), "ece_floor_recalibrated": ece_if_calibrated(mapped, n_bins),
+            "n_dev": sum(r.get("split") == "dev" and r["correct"] is not None for r in records)}
+
+
+def recalibration_table(s: Settings, names: list[str], methods: list[str]) -> dict[tuple[str, str], dict]:
+    """(variant, method) → each metric of :func:`recalibrated` over the settings' seeds."""
+    table = {}
+    for name in names:
+        for method in methods:
+            per_seed = [recalibrated(s, seed, name, method) for seed in s.seeds]
+            table[name, method] = {key: [p[key] for p in per_seed] for key in per_seed[0]}
+            table[name, method]["auroc_change"] = [p["auroc_recalibrated"] - p["auroc"] for p in per_seed]
+    return table
+
+
+def best_method(table: dict[tuple[str, str], dict], variant: str, methods: list[str]) -> str:
+    """The method with the lowest mean recalibrated ECE among those that keep the mean AUROC within the target
+    (all methods when none does): chosen on the tuning seeds only."""
+    keeping = [m for m in methods if abs(_mean(table[variant, m]["auroc_change"])) <= RECALIBRATION_TARGETS["auroc_change"]]
+    return min(keeping or methods, key=lambda m: _mean(table[variant, m]["ece_recalibrated"]))
+
+
+def recalibration_met(entry: dict) -> dict[str, bool]:
+    return {f"ECE ≤ {RECALIBRATION_TARGETS['ece']}": _mean(entry["ece_recalibrated"]) <= RECALIBRATION_TARGETS["ece"],
+            f"AUROC within {RECALIBRATION_TARGETS['auroc_change']} of the raw one":
+                abs(_mean(entry["auroc_change"])) <= RECALIBRATION_TARGETS["auroc_change"]}
+
+
+def _recalibration_lines(table: dict[tuple[str, str], dict], names: list[str], methods: list[str]) -> list[str]:
+    lines = ["| variant | method | ece (raw) | ece recalibrated | its ece if calibrated | auroc (raw) | "
+             "auroc recalibrated | Δauroc |", "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        for method in methods:
+            e = table[name, method]
+            lines.append(f"| {name} | {method} | {_ms(e['ece'])} | {_ms(e['ece_recalibrated'])} | "
+                         f"{_ms(e['ece_floor_recalibrated'])} | {_ms(e['auroc'])} | {_ms(e['auroc_recalibrated'])} | "
+                         f"{_ms(e['auroc_change'])} |")
+    return lines
+
+
+def recalibration_section(s: Settings, untuned: list[int], methods: list[str]) -> list[str]:
+    """Each method fitted on each run's dev split and scored on its test split: the tuning seeds' means, the method
+    they choose per variant, and that choice against the targets on each untuned seed."""
+    names = ["sft", *(v.name for v in s.variants if all(_evaluated(s, seed, v.name) for seed in s.seeds))]
+    table = recalibration_table(s, names, methods)
+    chosen = {name: best_method(table, name, methods) for name in names}
+    n_dev = table[names[0], methods[0]]["n_dev"]
+    text = [f"### Recalibrated on the dev split ({READOUT_TITLES[s.confidence_readout].split(' (')[0]})", "",
+            f"Each map fitted on a run's dev answers ({_ms(n_dev)} questions) and scored on its test answers; "
+            f"tuning seeds ({', '.join(map(str, s.seeds))}), mean ± std. Δauroc: recalibrated minus raw (a step "
+            "function ties confidences it merges; ties count 1/2).", "", *_recalibration_lines(table, names, methods), "",
+            "Chosen on the tuning seeds (lowest recalibrated ECE among the methods that keep AUROC within "
+            f"{RECALIBRATION_TARGETS['auroc_change']}): " + "; ".join(f"`{n}`: {m}" for n, m in chosen.items()) + ".",
+            ""]
+    for seed in untuned:
+        single = replace(s, seeds=[seed])
+        done = [n for n in names if _evaluated(single, seed, n)]
+        seed_table = recalibration_table(single, done, methods)
+        text += [f"Seed {seed}, not tuned on:", "", *_recalibration_lines(seed_table, done, methods), ""]
+        for name in done:
+            met = recalibration_met(seed_table[name, chosen[name]])
+            text.append(f"- `{name}` with {chosen[name]}: " + "; ".join(f"{k}: {'met' if ok else '**not met**'}"
+                                                                       for k, ok in met.items()))
+        text.append("")
+    return text
+
+
 def write_report(out: Path, seeds: list[int], untuned: list[int], variants: tuple[Variant, ...], path: Path,
-                 readouts: tuple[str, ...] = ("stated",)) -> Path:
+                 readouts: tuple[str, ...] = ("stated",), dev_fraction: float = 0.0,
+                 recalibrate: tuple[str, ...] = ()) -> Path:
     untuned_flag = f"--untuned_seeds {' '.join(map(str, untuned))} " if untuned else ""
+    dev_flags = f" --dev_fraction {dev_fraction:g}" if dev_fraction else ""
+    dev_flags += f" --recalibrate {' '.join(recalibrate)}" if recalibrate else ""
+    split = f"; every metric over the test part, {dev_fraction:.0%} held out as dev" if dev_fraction else ""
     text = ["# Calibrated, not only ordered: confidence levels against accuracy (toy world)", "",
             f"Generated by `python -m experiments.calibration_report --seeds {' '.join(map(str, seeds))} "
             f"{untuned_flag}--variants {' '.join(v.name for v in variants)} "
-            f"--confidence_readouts {' '.join(readouts)}` from the runs of `experiments/toy_ablation.py` (300 PPO steps "
-            "of 64 rollouts). Held-out countries (`toy`), greedy answers, mean ± std over the tuning seeds. ECE: 10 "
-            "equal-width bins; `ece if calibrated`: the ECE a model whose confidences were exact probabilities would "
-            "still get on these 300 questions (outcomes drawn from its own confidences), ECE's sampling floor. "
+            f"--confidence_readouts {' '.join(readouts)}{dev_flags}` from the runs of `experiments/toy_ablation.py` "
+            f"(300 PPO steps of 64 rollouts). Held-out countries (`toy`{split}), greedy answers, mean ± std over the "
+            "tuning seeds. ECE: 10 equal-width bins; `ece if calibrated`: the ECE a model whose confidences were exact "
+            "probabilities would still get on these questions (outcomes drawn from its own confidences), ECE's "
+            "sampling floor. "
             "Δacc: accuracy minus SFT's / PPO α = 0's on the same seed. `auroc <level>`: AUROC "
             "inside one difficulty level; `conf <level>`: mean confidence. Parse failures: missing or malformed "
             "confidence (the same under both readouts).", ""]
     for readout in readouts:
-        text += readout_section(out, seeds, untuned, variants, readout)
+        text += readout_section(out, seeds, untuned, variants, readout, dev_fraction)
+        if recalibrate:
+            s = Settings(out=out, seeds=seeds, ppo_steps=0, variants=variants, jobs=1, confidence_readout=readout,
+                         dev_fraction=dev_fraction)
+            text += recalibration_section(s, untuned, list(recalibrate))
     text += ["Variants:", "", *(f"- `{v.name}`: {v.what}" for v in variants)]
     reading = path.with_name(path.stem + "_reading.md")  # hand-written, kept across reruns
     if reading.is_file():
@@ -163,13 +260,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", required=True, help="Variants to report; ppo_alpha0 among them.")
     parser.add_argument("--confidence_readouts", nargs="+", choices=READOUTS, default=["stated"],
                         help="A section per readout (the harness's --confidence_readout runs must exist for each).")
+    parser.add_argument("--dev_fraction", type=share_below_one, default=0.0,
+                        help="Read the harness's runs evaluated with this --dev_fraction (results_*_dev<F>/).")
+    parser.add_argument("--recalibrate", nargs="+", choices=RECALIBRATORS[1:], default=[],
+                        help="Fit each method on every run's dev split, score it on the test split, and choose one "
+                             "per variant on the tuning seeds (needs --dev_fraction).")
     args = parser.parse_args(argv)
+    if args.recalibrate and not args.dev_fraction:
+        parser.error("--recalibrate is fitted on the dev split: give the --dev_fraction the runs were evaluated with")
     known = {v.name: v for v in VARIANTS}
     unknown = sorted(set(args.variants) - set(known))
     if unknown or "ppo_alpha0" not in args.variants:
         parser.error(f"--variants: unknown {unknown}" if unknown else "--variants must include ppo_alpha0")
     report = write_report(Path(args.out), args.seeds, args.untuned_seeds,
-                          tuple(known[n] for n in args.variants), Path(args.report), tuple(args.confidence_readouts))
+                          tuple(known[n] for n in args.variants), Path(args.report), tuple(args.confidence_readouts),
+                          args.dev_fraction, tuple(args.recalibrate))
     print(report.read_text())
     return 0
 

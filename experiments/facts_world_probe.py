@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from utils.answer_match import normalize_answer
 from utils.args import Parser
-from utils.data import json_lines
+from utils.jsonl import read_jsonl, write_jsonl
 
 INSTRUCTION = "Answer with a short phrase only."
 
@@ -77,15 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     # by form, then length: a batch of short capital answers stops early instead of waiting for city sentences
-    rows = sorted((row for _, row in json_lines(args.eval)), key=lambda r: (r["form"], len(r["question"])))
+    rows = sorted(read_jsonl(args.eval), key=lambda r: (r["form"], len(r["question"])))
     for start in range(0, len(rows), args.batch_size):
         chunk = rows[start:start + args.batch_size]
         for row, (text, logprob) in zip(chunk, answer(model, tokenizer, [r["question"] for r in chunk],
                                                           args.max_new_tokens)):
             row.update(prediction=text, logprob=logprob, correct=int(mentions(text, row["answer"])))
     if args.answers:
-        with open(args.answers, "w") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in rows)
+        write_jsonl(args.answers, rows)
     for line in table(rows):
         print(json.dumps(line))
     return 0

@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score
 from step4_evaluation.judges import exact_match
 from utils.args import Parser, positive_float, seed
 from utils.confidence import extract_answer
-from utils.data import json_lines
+from utils.jsonl import read_jsonl
 from utils.generation import GenerationSettings, generate, response_ids
 from utils.model import create_causal_lm, load_tokenizer
 from utils.prompts import CONFIDENCE_TAG
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.model, padding_side="left")
     model = create_causal_lm(args.model, tokenizer).eval()
-    train_rows = [row for _, row in json_lines(f"{args.data}/step3_ppo/train.jsonl")]
-    test_rows = [row for _, row in json_lines(f"{args.data}/eval/test.jsonl")]
+    train_rows = read_jsonl(f"{args.data}/step3_ppo/train.jsonl")
+    test_rows = read_jsonl(f"{args.data}/eval/test.jsonl")
     train = own_answers(model, tokenizer, train_rows, args.samples, greedy=False)
     test = own_answers(model, tokenizer, test_rows, 1, greedy=True)
     yes, no = (tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (" 1", " 0"))

@@ -43,10 +43,15 @@ SOURCE_WHAT = {"stated": "the confidence the answer states",
                "popularity": "the question's popularity percentile / 100 (no model)"}
 
 
+RECALIBRATED = ("ece", "auroc")  # step 4's --recalibrate: these again on the mapped confidence
+
+
 def _records(summary: dict, source: str) -> dict:
-    ci = summary.get("ci") or {}
+    ci, ci_recalibrated = summary.get("ci") or {}, summary.get("ci_recalibrated") or {}
     return {"confidence": source, **{k: summary.get(k) for k in ("n", "accuracy", "auroc_stated", "parse_failure_rate")},
-            **{k: (summary.get(k), ci.get(k)) for k in WITH_CI}, "by_difficulty": summary.get("by_difficulty") or {}}
+            **{k: (summary.get(k), ci.get(k)) for k in WITH_CI}, "by_difficulty": summary.get("by_difficulty") or {},
+            **{f"{k}_recalibrated": (summary.get(f"{k}_recalibrated"), ci_recalibrated.get(k)) for k in RECALIBRATED},
+            "recalibration": (summary.get("recalibration") or {}).get("method"), "n_dev": (summary.get("dev") or {}).get("n")}
 
 
 def load_rows(results: Path) -> pd.DataFrame:
@@ -170,12 +175,22 @@ def report(results: Path, models: Path, data: Path, out: Path) -> Path:
               *step_summaries(models), ""]
     columns = ["row", "confidence", "n", "accuracy", *WITH_CI, "auroc_stated", "parse_failure_rate"]
     header = [*columns[:4], *(f"{k} (95% CI)" for k in WITH_CI), *columns[8:]]
+    methods = sorted(set(frame["recalibration"].dropna()))
+    if methods:  # step 4 ran with --dev_fraction and --recalibrate: the mapped confidence beside the raw one
+        columns += [f"{k}_recalibrated" for k in RECALIBRATED]
+        header += [f"{k} after {'/'.join(methods)} (95% CI)" for k in RECALIBRATED]
     for benchmark, group in frame.groupby("benchmark", sort=True):
         judge = ", ".join(sorted(set(group["judge"].dropna())))
         lines += [f"## {benchmark} (judge: {judge})", "", *markdown_table(group, columns, header), "",
                   *thirds_table(group)]
     lines += ["ECE: 10 equal-width bins; a missing confidence counts as 0.0 and as a parse failure; "
               "`auroc_stated`: AUROC over the answers that state a confidence; intervals: step 4's bootstrap.", ""]
+    if methods:
+        n_dev = sorted({int(n) for n in frame["n_dev"].dropna()})
+        lines += [f"Every metric is over the test questions; {'/'.join(map(str, n_dev))} dev questions per row (a seeded "
+                  f"split, the same in every row of a question set) fit the {'/'.join(methods)} map of the stated "
+                  "confidence, scored on test in the last columns (the training-free baselines are not recalibrated; "
+                  "a step map ties the confidences it merges, and ties count 1/2 in AUROC).", ""]
     reading = out.with_name(out.stem + "_reading.md")
     if reading.is_file():
         lines += ["## Reading", "", reading.read_text().strip(), ""]

@@ -29,7 +29,8 @@ import numpy as np
 from experiments.smollm2_report import real_model_section
 from step4_evaluation.confidence_readout import READOUTS
 from step4_evaluation.plots import save_figure
-from utils.args import Parser, seed
+from step4_evaluation.recalibration import RECALIBRATORS
+from utils.args import Parser, seed, share_below_one
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,6 +131,7 @@ VARIANTS = (
 )
 SFT_METHODS = ("zero_shot", "vanilla", "topk", "cot")
 METRICS = ("accuracy", "ece", "auroc", "auroc_stated", "pearson", "spearman", "brier", "parse_failure_rate")
+RECALIBRATED_METRICS = ("ece_recalibrated", "auroc_recalibrated", "brier_recalibrated")
 
 
 @dataclass
@@ -141,11 +143,31 @@ class Settings:
     jobs: int
     world_flags: tuple[str, ...] = ()
     confidence_readout: str = "stated"  # step 4's --confidence_readout
+    dev_fraction: float = 0.0  # step 4's --dev_fraction: the share of each question set held out as dev
+    recalibrate: str = "none"  # step 4's --recalibrate, fitted on the dev questions
 
     def results(self, seed: int) -> Path:
-        """Step 4's folder for one seed: one per readout, so the two readouts of a checkpoint sit side by side."""
+        """Step 4's folder for one seed: one per readout and dev split, so they sit side by side (a dev split
+        changes which questions every metric is over; the recalibration only adds columns)."""
         name = "results" if self.confidence_readout == "stated" else f"results_{self.confidence_readout}"
-        return self.out / f"seed{seed}" / name
+        return self.out / f"seed{seed}" / (f"{name}_dev{self.dev_fraction:g}" if self.dev_fraction else name)
+
+    def step4_flags(self) -> str:
+        """The harness flags that shape step 4, as given on the command line (none at their defaults)."""
+        flags = "" if self.confidence_readout == "stated" else f" --confidence_readout {self.confidence_readout}"
+        flags += f" --dev_fraction {self.dev_fraction:g}" if self.dev_fraction else ""
+        return flags + (f" --recalibrate {self.recalibrate}" if self.recalibrate != "none" else "")
+
+    def split_sentence(self) -> str:
+        if not self.dev_fraction:
+            return ""
+        recalibrated = (f"; `*_recalibrated`: the confidence mapped by {self.recalibrate} regression fitted on the dev "
+                        "part's confidences and outcomes" if self.recalibrate != "none" else "")
+        return (f"; {self.dev_fraction:.0%} of each set held out as dev (a seeded split, the same for every row), every "
+                f"metric over the rest{recalibrated}")
+
+    def metrics(self) -> tuple[str, ...]:
+        return (*METRICS, *RECALIBRATED_METRICS) if self.recalibrate != "none" else METRICS
 
 
 def _env(seed_dir: Path, nproc: int = 1) -> dict[str, str]:
@@ -191,9 +213,11 @@ def train_variant(seed_dir: Path, seed: int, variant: Variant, s: Settings) -> N
 
 def evaluate_seed(seed_dir: Path, seed: int, s: Settings) -> None:
     env = _env(seed_dir)
+    # the dev flags always: they override the preset's defaults (run_step4.sh), so 0 / none means none here
     common = ["--output_dir", str(s.results(seed)), "--seed", str(seed), "--bootstrap", "200",
-              "--confidence_readout", s.confidence_readout]
-    logs = seed_dir / "logs" / ("" if s.confidence_readout == "stated" else s.confidence_readout)
+              "--confidence_readout", s.confidence_readout, "--dev_fraction", str(s.dev_fraction),
+              "--recalibrate", s.recalibrate]
+    logs = seed_dir / "logs" / s.results(seed).name.removeprefix("results").lstrip("_")
     sft = ["--checkpoints", f"sft={seed_dir / 'out/step1'}", "--methods", *SFT_METHODS]
     _run(["bash", "step4_evaluation/run_step4.sh", *sft, *common], env, logs / "step4_sft.log")
     actors = [f"{v.name}={seed_dir / 'out' / v.name / 'actor'}" for v in s.variants]
@@ -230,7 +254,7 @@ def aggregate(s: Settings) -> dict[str, dict]:
     table = {}
     for benchmark, checkpoint, method in rows:
         per_seed = [_summary(s.results(seed), checkpoint, benchmark, method) for seed in s.seeds]
-        entry = {m: [_value(p.get(m)) for p in per_seed] for m in METRICS}
+        entry = {m: [_value(p.get(m)) for p in per_seed] for m in s.metrics()}
         levels = sorted({lvl for p in per_seed for lvl in p.get("by_difficulty", {})})
         for lvl in levels:
             for key in ("accuracy", "mean_confidence", "auroc"):
@@ -346,14 +370,15 @@ def write_report(s: Settings, path: Path) -> Path:
             reliability.append(figures / f"reliability_{name}.png")
             shutil.copyfile(source, reliability[-1])
     levels = sorted({k.removeprefix("accuracy_") for e in table.values() for k in e if k.startswith("accuracy_")})
-    header = ["row", *METRICS, *(f"auroc {lvl}" for lvl in levels), *(f"conf {lvl}" for lvl in levels)]
+    header = ["row", *s.metrics(), *(f"auroc {lvl}" for lvl in levels), *(f"conf {lvl}" for lvl in levels)]
     lines = [
         "# CONQORD on the toy world: results",
         "",
         f"Generated by `bash experiments/toy_ablation.sh --seeds {' '.join(map(str, s.seeds))} --ppo_steps {s.ppo_steps} "
-        f"--variants {' '.join(v.name for v in s.variants)}` ({len(s.seeds)} seed(s); {s.ppo_steps} PPO steps "
-        "of 64 rollouts; greedy answers and confidences on the 300 held-out questions, whose countries PPO never "
-        "saw: `toy`) and on 300 questions about countries PPO trained on (`toy/seen`). Mean ± std over seeds. ECE: 10 equal-width bins, every confidence in one bin. `auroc <level>`: "
+        f"--variants {' '.join(v.name for v in s.variants)}{s.step4_flags()}` ({len(s.seeds)} seed(s); {s.ppo_steps} PPO "
+        "steps of 64 rollouts; greedy answers and confidences on the 300 held-out questions, whose countries PPO never "
+        "saw: `toy`) and on 300 questions about countries PPO trained on (`toy/seen`)"
+        f"{s.split_sentence()}. Mean ± std over seeds. ECE: 10 equal-width bins, every confidence in one bin. `auroc <level>`: "
         "AUROC of the stated confidence for correctness inside one difficulty level; `conf <level>`: mean stated "
         "confidence. Bootstrap 95% intervals per seed are in each `summary.json`.",
         "",
@@ -361,7 +386,7 @@ def write_report(s: Settings, path: Path) -> Path:
         "|" + "---|" * len(header),
     ]
     for row, entry in table.items():
-        cells = [row, *(_ms(entry[m]) for m in METRICS), *(_ms(entry.get(f"auroc_{lvl}", [])) for lvl in levels),
+        cells = [row, *(_ms(entry[m]) for m in s.metrics()), *(_ms(entry.get(f"auroc_{lvl}", [])) for lvl in levels),
                  *(_ms(entry.get(f"mean_confidence_{lvl}", [])) for lvl in levels)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Variants:", ""] + [f"- `{v.name}`: {v.what}" for v in s.variants]
@@ -410,11 +435,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="Extra flags for datasets/generate_toy_world.py, e.g. --world_flags=--no-name_length_cue.")
     parser.add_argument("--confidence_readout", choices=READOUTS, default="stated",
                         help="Step 4's readout of the confidence (results_expected/ beside results/ for 'expected').")
+    parser.add_argument("--dev_fraction", type=share_below_one, default=0.0,
+                        help="Step 4's --dev_fraction (results_<readout>_dev<F>/ beside the others; 0: no dev split).")
+    parser.add_argument("--recalibrate", choices=RECALIBRATORS, default="none",
+                        help="Step 4's --recalibrate, fitted on the dev split (needs --dev_fraction).")
     parser.add_argument("--quick", action="store_true",
                         help=f"One seed, four variants ({', '.join(QUICK_VARIANTS)}): the effect in minutes.")
     parser.add_argument("--assert_direction", action="store_true",
                         help=f"Exit non-zero unless {DIRECTION_VARIANT} has a higher AUROC than PPO α=0.")
     args = parser.parse_args(argv)
+    if args.recalibrate != "none" and not args.dev_fraction:
+        parser.error(f"--recalibrate {args.recalibrate} is fitted on held-out questions: give --dev_fraction (e.g. 0.3)")
     names = args.variants or (QUICK_VARIANTS if args.quick else [v.name for v in VARIANTS])
     unknown = sorted(set(names) - {v.name for v in VARIANTS})
     if unknown:
@@ -422,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(out=Path(args.out), seeds=args.seeds[:1] if args.quick else args.seeds,
                         ppo_steps=args.ppo_steps, variants=tuple(v for v in VARIANTS if v.name in names),
                         jobs=args.jobs, world_flags=tuple(shlex.split(args.world_flags)),
-                        confidence_readout=args.confidence_readout)
+                        confidence_readout=args.confidence_readout, dev_fraction=args.dev_fraction,
+                        recalibrate=args.recalibrate)
     start = time.time()
     run_all(settings)
     report = write_report(settings, Path(args.report))

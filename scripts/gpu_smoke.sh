@@ -13,7 +13,7 @@
 #      checkpointing, offload, reference offload, ...), scaled down only in steps, examples and lengths
 #      by extra flags, on the toy world's data; step 4 on a TruthfulQA CSV and an NQ-open JSONL
 #      (../shared/data's when present, else files built from the toy world's questions); step 3 runs twice:
-#      as the paper has it, and as step3_calibrated with the calibrated form's flags (README) added;
+#      as the paper has it, and as step3_calibrated with the calibrated form's flags (docs/experiments.md) added;
 #   3. prints one row per step: status (ok / FAILED with the last error line), wall seconds, seconds per
 #      optimizer step (steps 1-2) or per PPO step split into generation / experience / training (step 3),
 #      peak GPU memory, and the path of each step's full log. Exit status 1 if any step did not pass.
@@ -167,7 +167,7 @@ PPO=(--max_steps 3 --per_device_generation_batch_size 8 --per_device_training_ba
      --max_prompt_seq_len 64 --max_answer_seq_len 32 --gradient_accumulation_steps 1 --quality_reward model
      --max_train_examples 64 "${DTYPE_FLAGS[@]}")
 run_step step3 "$(need "$OUT/step1" "$OUT/step2")" bash step3_RL_finetune_LLM/run_step3.sh "${PPO[@]}"
-# the same with the recommended calibrated form's flags (README, "Calibrated levels"): R_A and Brier on the
+# the same with the recommended calibrated form's flags (docs/experiments.md, "Calibrated levels"): R_A and Brier on the
 # confidence tokens, centred, a missing confidence scored at its worst, PPO-ptx on step 1's data, 4 PPO epochs
 run_step step3_calibrated "$(need "$OUT/step1" "$OUT/step2")" bash step3_RL_finetune_LLM/run_step3.sh \
   "${PPO[@]}" --output_dir "$OUT/step3_calibrated" \

@@ -81,7 +81,7 @@ data_flags=() s1=() s2=() s3=() s4=()
 if [ "$SMOKE" = 1 ]; then
   RUN="${CONQORD_SMOKE_DIR:-runs/smollm2_smoke}"
   export CONQORD_SMOLLM2_DATA="$RUN/data" CONQORD_SMOLLM2_OUT="$RUN/models" CONQORD_RESULTS="$RUN/results" \
-         CONQORD_SMOLLM2_EVAL_EXAMPLES=4
+         CONQORD_SMOLLM2_EVAL_EXAMPLES=6  # 2 of them dev (step 4's default split), 4 scored
   data_flags=(--sft_city_questions 20 --reward_city_questions 10 --ppo_city_questions 10 --eval_city_questions 10)
   s1=(--max_steps 2 --per_device_train_batch_size 4 --per_device_eval_batch_size 4 --eval_interval 0)
   s2=(--max_steps 2 --per_device_train_batch_size 2 --per_device_eval_batch_size 4 --eval_interval 0)

@@ -26,7 +26,7 @@ from step3_RL_finetune_LLM.rlhf_engine import Engines
 from utils import dist
 from utils.data_cache import path_stamp
 from utils.errors import UserError
-from utils.files import honour_umask, naming_the_path, write_jsonl
+from utils.files import atomic_file, honour_umask, naming_the_path
 
 RESUME_DIR = "resume"
 STATE_FILE = "trainer_state.json"
@@ -42,7 +42,7 @@ RESUMABLE_CHANGES = frozenset({"resume", "max_steps", "num_train_epochs", "log_i
 
 
 class RefusedRun(UserError):
-    """Step 3 cannot do what its flags ask: resume another run's state, or never update the actor."""
+    """``--resume`` cannot load the state it finds: none, another run's, or files that are not what was saved."""
 
 
 def input_paths(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -230,13 +230,15 @@ def truncate_log(log_file: Path, step: int) -> None:
     """The resumed run logs the steps after its state again: drop the killed run's lines for them."""
     if not log_file.is_file():
         return
-    rows = []
+    kept = []
     for line in log_file.read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            if json.loads(line)["step"] <= step:
+                kept.append(line)  # as written: a re-serialised line could differ from the trainer's (NaN)
         except json.JSONDecodeError:  # torn by the kill: it was being written after the last save
             continue
-    write_jsonl(log_file, (row for row in rows if row["step"] <= step))
+    with atomic_file(log_file) as handle:
+        handle.write("".join(f"{line}\n" for line in kept))
 
 
 def start_afresh(out: Path) -> None:

@@ -25,7 +25,7 @@ from utils import args as flags
 from utils import dist, finite
 from utils.data import encode_prompt, load_phase_data
 from utils.data_cache import cached_dataset, data_fingerprint
-from utils.errors import TrainingDiverged, note_checkpoint
+from utils.errors import TrainingDiverged, UserError, note_checkpoint
 from utils.files import (check_apart_from_inputs, check_output_folder, claim_output_folder, mark_output,
                          output_lock)
 from utils.generation import GenerationSettings
@@ -49,9 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_deepspeed_args(parser, prefixes=("actor_", "critic_"))
     flags.add_logging_args(parser)
     flags.add_dry_run_arg(parser)
-    parser.add_argument("--whiten_advantages", action="store_true",
-                        help="Normalise advantages over the rollout batch (DeepSpeed-Chat does not); with "
-                             "--alignment_on_confidence_tokens only the GAE part, the routed confidence terms added after.")
     return parser
 
 
@@ -123,9 +120,9 @@ def check_actor_trains(args: argparse.Namespace, total_steps: int, steps_per_epo
         return
     source = (f"--max_steps {args.max_steps}" if args.max_steps else f"{steps_per_epoch} rollout batches per epoch x "
               f"--num_train_epochs {args.num_train_epochs}; no --max_steps")
-    raise run_state.RefusedRun(f"--freezing_actor_steps {args.freezing_actor_steps} >= the run's {total_steps} steps ({source}): "
-                     "the actor would never be updated and step 3 would save the step-1 model unchanged; lower "
-                     "--freezing_actor_steps or raise --max_steps")
+    raise UserError(f"--freezing_actor_steps {args.freezing_actor_steps} >= the run's {total_steps} steps ({source}): "
+                    "the actor would never be updated and step 3 would save the step-1 model unchanged; lower "
+                    "--freezing_actor_steps or raise --max_steps")
 
 
 def run(args: argparse.Namespace) -> dict:

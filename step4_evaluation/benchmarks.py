@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from utils.data import DataError, check_value, csv_rows, empty_error, json_lines
+from utils.data import DataError, check_value, csv_rows, empty_error
+from utils.jsonl import json_lines
 
 BENCHMARKS = ("truthfulqa", "nq_open", "toy", "facts")
 TRUTHFULQA_HUB = ("truthfulqa/truthful_qa", "generation", "validation")  # formerly "truthful_qa"
@@ -108,7 +109,7 @@ def load_truthfulqa(path: str | None = None) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------- JSONL
-def _read_jsonl(file: Path, answer_keys: tuple[str, ...]) -> Iterable[tuple[dict, list[str], str]]:
+def _question_rows(file: Path, answer_keys: tuple[str, ...]) -> Iterable[tuple[dict, list[str], str]]:
     """Yield ``(row, answers, where)`` for each non-blank line, checking question and answers."""
     for where, row in json_lines(file):
         if "question" not in row:
@@ -130,7 +131,7 @@ def load_nq_open(path: str | None = None) -> list[dict]:
                 for i, row in enumerate(rows)]
     file = _existing_file(path, "an NQ-open JSONL file")
     records = [_record("nq_open", i, row["question"], answers, where)
-               for i, (row, answers, where) in enumerate(_read_jsonl(file, ("answer", "answers")))]
+               for i, (row, answers, where) in enumerate(_question_rows(file, ("answer", "answers")))]
     if not records:
         raise empty_error(file, JSONL_EMPTY_HINT)
     return records
@@ -145,7 +146,7 @@ def _world_rows(benchmark: str, path: str | None, eval_file: str) -> Iterable[tu
     if file.is_dir():
         file = file / eval_file
     file = _existing_file(file, what)
-    rows = list(_read_jsonl(file, ("answers", "answer")))
+    rows = list(_question_rows(file, ("answers", "answer")))
     if not rows:
         raise empty_error(file, JSONL_EMPTY_HINT)
     return rows

@@ -23,7 +23,6 @@ import argparse
 import csv
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -44,13 +43,16 @@ from step4_evaluation.plots import reliability_diagram
 from step4_evaluation.prompting import get_method
 from step4_evaluation.recalibration import RECALIBRATORS, check_recalibration_flags, dev_splits, split_summary
 from step4_evaluation.retrieval import BM25Retriever, load_passages, plot_sweep, tau_on_dev, threshold_sweep
-from utils.args import (Parser, add_overwrite_output_dir_arg, env_var_name, non_negative_int, positive_float,
-                        positive_int, seed, share_below_one, unit_float)
-from utils.confidence import MISSING_CONFIDENCE, ParsedConfidence, count_statuses
+from utils.args import (Parser, add_bootstrap_arg, add_dtype_arg, add_missing_confidence_arg, add_n_bins_arg,
+                        add_output_dir_arg, add_overwrite_output_dir_arg, add_seed_arg, env_var_name, non_negative_int,
+                        positive_float, positive_int, share_below_one)
+from utils.confidence import ParsedConfidence, count_statuses
 from utils.data import encode_prompt
 from utils.errors import UserError
-from utils.files import check_apart_from_inputs, check_output_folder, claim_output_folder, mark_output, output_lock
+from utils.files import (atomic_file, check_apart_from_inputs, check_output_folder, claim_output_folder, mark_output,
+                         output_lock)
 from utils.generation import GenerationSettings, generate, response_ids
+from utils.jsonl import json_safe, read_jsonl, write_jsonl
 from utils.model import (CAUSAL_LM, checked_tokenizer, create_causal_lm, require_checkpoint,
                          require_vocabulary_fits)
 from utils.profiling import peak_gpu_memory_gib
@@ -76,17 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prompting methods: zero_shot (the fine-tuning format), vanilla, topk, cot.")
     g.add_argument("--topk", type=positive_int, default=2, help="Guesses asked for by the topk method.")
     g.add_argument("--max_examples", type=positive_int, default=None, help="A seeded random subset of each benchmark.")
-    g.add_argument("--seed", type=seed, default=1234)
+    add_seed_arg(g)
     g.add_argument("--dev_fraction", type=share_below_one, default=0.0,
                    help="Share of each benchmark's questions held out as a seeded dev split (0: none): answered "
                         "like the rest, reported apart; every other metric is over the test questions.")
-    g.add_argument("--output_dir", default="results/step4")
+    add_output_dir_arg(g, default="results/step4")
     add_overwrite_output_dir_arg(g)
     gen = parser.add_argument_group("generation")
     gen.add_argument("--batch_size", type=positive_int, default=64)
     gen.add_argument("--max_new_tokens", type=positive_int, default=64)
     gen.add_argument("--max_prompt_len", type=positive_int, default=1024)
-    gen.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    add_dtype_arg(gen, default="fp32")
     j = parser.add_argument_group("judging")
     j.add_argument("--judge", choices=JUDGES, default="auto",
                    help="auto: TruthfulQA's reference metric on truthfulqa, exact match elsewhere.")
@@ -103,10 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--confidence_readout", choices=READOUTS, default="stated",
                    help="stated: the number the greedy response wrote (the paper); expected: the mean of the model's "
                         "distribution over the values 0.0 … 1.0 at that place (same answer; see confidence_readout.py).")
-    m.add_argument("--missing_confidence", type=unit_float, default=MISSING_CONFIDENCE,
-                   help="Confidence given to answers that state none (also counted as parse failures).")
-    m.add_argument("--n_bins", type=positive_int, default=10, help="Equal-width ECE bins (10, 15, 20, ...).")
-    m.add_argument("--bootstrap", type=non_negative_int, default=1000, help="Bootstrap resamples for 95%% intervals (0: none).")
+    add_missing_confidence_arg(m, help_text="Confidence given to answers that state none (also counted as parse failures).")
+    add_n_bins_arg(m, help_text="Equal-width ECE bins (10, 15, 20, ...).")
+    add_bootstrap_arg(m, default=1000, help_text="Bootstrap resamples for 95%% intervals (0: none).")
     m.add_argument("--baselines", nargs="*", choices=BASELINES, default=[],
                    help="Training-free confidences scored on the same answers: answer_logprob (exp of the answer's "
                         "mean token log-probability), popularity (the question's popularity / 100; facts only).")
@@ -161,13 +162,6 @@ def checked_checkpoint(path: str):
 
 # ---------------------------------------------------------------- generation (resumable)
 
-def _read_jsonl(file: Path) -> list[dict]:
-    if not file.is_file():
-        return []
-    with file.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def generation_source(checkpoint: str, args: argparse.Namespace) -> str:
     """What a cached response depends on: the checkpoint's files (name, size, modification time; a hub
     name as given) and the generation flags. A retrained checkpoint or a regenerated world under the
@@ -187,7 +181,7 @@ def generate_missing(model, tokenizer, prompts: dict[str, str], file: Path, batc
     A cached response is reused only for the same prompt and the same ``source`` (see
     :func:`generation_source`); other lines stay in the file, unused. ``special_tokens=False`` for
     chat-templated prompts, which already hold their BOS."""
-    done = {r["id"]: r["response"] for r in _read_jsonl(file)
+    done = {r["id"]: r["response"] for r in (read_jsonl(file) if file.is_file() else [])
             if r.get("source") == source and r.get("prompt") == prompts.get(r["id"])}
     todo = [(i, p) for i, p in prompts.items() if i not in done]
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=False)
@@ -346,26 +340,8 @@ def _parsed(record: dict) -> ParsedConfidence:
 
 def write_json(path: Path, data: Any) -> None:
     """Atomic: a reader never sees half a file. NaN is written as null."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_nan_to_none(data), indent=2))
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(_nan_to_none(r)) + "\n" for r in rows))
-    os.replace(tmp, path)
-
-
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    return value
+    with atomic_file(path) as handle:
+        handle.write(json.dumps(json_safe(data), indent=2))
 
 
 def _cell(value: Any) -> str:

@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import openai
 
@@ -133,11 +133,6 @@ def api_key(api_key_env: str) -> str:
     if not key:
         raise ValueError(f"environment variable {api_key_env} is not set (it must hold the judge's API key)")
     return key
-
-
-def failed_count(verdicts: Iterable[Verdict]) -> int:
-    """How many verdicts failed (``status == "failed"``); the caller should rerun to resume."""
-    return sum(v.status == "failed" for v in verdicts)
 
 
 class JudgeCache:

@@ -46,7 +46,6 @@ import numbers
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -54,8 +53,10 @@ import numpy.typing as npt
 from scipy import stats
 from sklearn.metrics import brier_score_loss
 
-from utils.args import Parser, seed, unit_float
+from utils.args import Parser, add_bootstrap_arg, add_missing_confidence_arg, add_n_bins_arg, add_seed_arg
 from utils.confidence import MISSING_CONFIDENCE
+from utils.errors import UserError
+from utils.jsonl import json_lines, json_safe
 
 # The training code's documented value (0.0): a missing stated confidence counts as no confidence.
 MISSING_CONFIDENCE_DEFAULT = MISSING_CONFIDENCE
@@ -374,39 +375,20 @@ def summarize(
     return summary
 
 
-def _read_jsonl(path: str) -> tuple[list[float | None], list[int]]:
-    """Parse and validate a JSONL file; errors name the file and 1-based line (blank lines skipped)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text") from None
+def _read_records(path: str) -> tuple[list[float | None], list[int]]:
+    """Read (:func:`utils.jsonl.json_lines`) and validate a JSONL file of records; errors name the file and line."""
     stated: list[float | None] = []
     correct: list[int] = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for where, row in json_lines(path):
         try:
-            conf, corr = _parse_record(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+            conf, corr = _parse_record(row)
         except ValueError as err:
-            raise ValueError(f"{path}:{lineno}: {err}") from None
+            raise ValueError(f"{where}: {err}") from None
         stated.append(conf)
         correct.append(corr)
     if not stated:
         raise ValueError(f"{path}: no records")
     return stated, correct
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace float NaN (recursively) by None so the output is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,28 +397,23 @@ def main(argv: list[str] | None = None) -> int:
         description="Calibration metrics of stated confidence from a JSONL file of {confidence, correct} records.",
     )
     parser.add_argument("--input", required=True, help="JSONL file; one {'confidence': float|null, 'correct': 0/1} per line")
-    parser.add_argument("--n_bins", type=int, default=10, help="equal-width bins for ECE/MCE (default 10)")
-    parser.add_argument(
-        "--missing_confidence",
-        type=unit_float,
-        default=MISSING_CONFIDENCE_DEFAULT,
-        help="value used for a null confidence (default %(default)s)",
-    )
-    parser.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for CIs; 0 = none")
-    parser.add_argument("--seed", type=seed, default=0, help="bootstrap seed")
+    add_n_bins_arg(parser, help_text="equal-width bins for ECE/MCE (default 10)")
+    add_missing_confidence_arg(parser, help_text="value used for a null confidence (default %(default)s)")
+    add_bootstrap_arg(parser, default=0, help_text="bootstrap resamples for CIs; 0 = none")
+    add_seed_arg(parser, default=0, help_text="bootstrap seed")
     args = parser.parse_args(argv)
     try:
         summary = summarize(
-            _read_jsonl(args.input),
+            _read_records(args.input),
             missing_confidence=args.missing_confidence,
             n_bins=args.n_bins,
             bootstrap=args.bootstrap,
             seed=args.seed,
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, UserError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(_json_safe(summary), allow_nan=False))
+    print(json.dumps(json_safe(summary), allow_nan=False))
     return 0
 
 

@@ -33,7 +33,6 @@ from utils.confidence import ParsedConfidence, extract_answer, parse_confidence
 from utils.prompts import ANSWER_TAG, CONFIDENCE_TAG, EVIDENCE_TAG, QUESTION_TAG, build_prompt
 from utils.prompts import evidence_block  # noqa: F401  (re-exported: the zero-shot evidence form)
 
-EVIDENCE_SEPARATOR = " | "  # the one of utils.prompts.evidence_block
 EXPLANATION_TAG = "### Explanation:"
 
 INSTRUCTION = ("Please provide the answer and the Confidence (0.0 to 1.0) that the answer is truthful and "
@@ -92,23 +91,6 @@ def evidence_list_block(passages: Sequence[str] | None) -> str:
     if not cleaned:
         return ""
     return EVIDENCE_TAG + "\n" + "".join(f"- {p}\n" for p in cleaned) + "\n"
-
-
-def parse_evidence_block(text: str) -> list[str]:
-    """The passages of the first evidence block in ``text`` (either form); ``[]`` when there is none."""
-    start = text.find(EVIDENCE_TAG)
-    if start < 0:
-        return []
-    rest = text[start + len(EVIDENCE_TAG):]
-    first_line, _, following = rest.partition("\n")
-    if first_line.strip():  # single-line form
-        return [p.strip() for p in first_line.split(EVIDENCE_SEPARATOR.strip()) if p.strip()]
-    passages = []
-    for line in following.split("\n"):
-        if not line.startswith("- "):
-            break
-        passages.append(line[2:].strip())
-    return passages
 
 
 # --------------------------------------------------------------------------------------------- methods

@@ -120,6 +120,20 @@ def _histogram(conf: np.ndarray, corr: np.ndarray, n_bins: int) -> Recalibration
     return Recalibration("histogram", apply, {"edges": bins.edges.tolist(), "values": values.tolist()})
 
 
+def fit_on_dev(records: list[dict], method: str, missing_confidence: float, n_bins: int = 10) -> Recalibration:
+    """The ``method`` map fitted on the judged dev answers among ``records`` (tagged by ``split``)."""
+    dev = [r for r in records if r["split"] == "dev" and r["correct"] is not None]
+    return fit_recalibration(method, *confidence_and_correct(dev, missing_confidence), n_bins)
+
+
+def recalibrated_test(records: list[dict], fitted: Recalibration, missing_confidence: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(recalibrated confidence, correct) of the judged test answers among ``records``."""
+    test = [r for r in records if r["split"] == "test" and r["correct"] is not None]
+    conf, corr = confidence_and_correct(test, missing_confidence)
+    return np.clip(fitted.apply(conf), 0.0, 1.0), corr  # float rounding must not leave [0, 1]
+
+
 def split_summary(records: list[dict], args: argparse.Namespace) -> dict[str, Any]:
     """``dev``: n, accuracy, ECE and failed judgments of the row's dev answers; with ``--recalibrate``, the
     map fitted on them (``recalibration``) and the test answers' ECE, Brier and AUROC under it (with
@@ -135,10 +149,8 @@ def split_summary(records: list[dict], args: argparse.Namespace) -> dict[str, An
     if not dev:
         raise UserError(f"--recalibrate {args.recalibrate}: no dev answer could be judged, nothing to fit on; see "
                         "judge_reason in predictions.jsonl and rerun once the judge works (generations are cached)")
-    fitted = fit_recalibration(args.recalibrate, dev_conf, dev_corr, args.n_bins)
-    test = [r for r in records if r["split"] == "test" and r["correct"] is not None]
-    conf, corr = confidence_and_correct(test, args.missing_confidence)
-    recalibrated = np.clip(fitted.apply(conf), 0.0, 1.0)  # float rounding must not leave [0, 1]
+    fitted = fit_on_dev(records, args.recalibrate, args.missing_confidence, args.n_bins)
+    recalibrated, corr = recalibrated_test(records, fitted, args.missing_confidence)
     metrics = {"ece": lambda c, y: ece(c, y, args.n_bins), "brier": brier, "auroc": auroc}
     summary.update({f"{name}_recalibrated": metrics[name](recalibrated, corr) for name in RECALIBRATED})
     if args.bootstrap > 0:

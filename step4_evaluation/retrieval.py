@@ -14,7 +14,8 @@ import numpy as np
 
 from step4_evaluation.metrics import accuracy, bootstrap_ci
 from step4_evaluation.plots import save_figure
-from utils.data import DataError, check_row, json_lines
+from utils.data import DataError, check_row
+from utils.jsonl import json_lines
 
 DEFAULT_THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2)) + (1.01,)
 
@@ -68,7 +69,7 @@ def tau_on_dev(dev_sweep: Sequence[dict], confidence: Sequence[float], correct_w
                correct_with: Sequence[int], bootstrap: int = 0, seed: int = 0) -> dict[str, object]:
     """The τ of ``dev_sweep`` with the best dev accuracy (ties: the smallest retrieval rate, then the smallest τ),
     and on the test questions (the other arguments) its accuracy and retrieval rate beside never (τ = 0) and
-    always (τ > 1) retrieving; with ``bootstrap`` > 0, a seeded 95% interval of its test accuracy (``ci``)."""
+    always (τ > 1) retrieving; with ``bootstrap`` > 0, seeded 95% intervals of these three test accuracies (``ci``)."""
     best = min(dev_sweep, key=lambda r: (-r["accuracy"], r["retrieval_rate"], r["tau"]))
     conf = np.asarray(confidence, dtype=float)
     without, with_ = np.asarray(correct_without, dtype=float), np.asarray(correct_with, dtype=float)
@@ -80,7 +81,9 @@ def tau_on_dev(dev_sweep: Sequence[dict], confidence: Sequence[float], correct_w
         "test_retrieval_rate": float(retrieve.mean()), "test_accuracy_never": float(without.mean()),
         "test_accuracy_always": float(with_.mean())}
     if bootstrap > 0:  # resampled test questions; accuracy only validates the confidences
-        result["ci"] = {"test_accuracy": list(bootstrap_ci(accuracy, conf, answered, bootstrap, seed=seed))}
+        outcomes = {"test_accuracy": answered, "test_accuracy_never": without, "test_accuracy_always": with_}
+        result["ci"] = {key: list(bootstrap_ci(accuracy, conf, correct, bootstrap, seed=seed))
+                        for key, correct in outcomes.items()}
     return result
 
 

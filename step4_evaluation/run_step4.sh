@@ -9,8 +9,12 @@
 #     CONQORD_JUDGE=llm with CONQORD_JUDGE_MODEL / CONQORD_JUDGE_BASE_URL and the key in OPENAI_API_KEY
 #     for the paper's LLM judge; the default judges offline (TruthfulQA's ROUGE-L reference metric,
 #     exact match on NQ). CONQORD_RETRIEVAL_CORPUS: a JSONL of {id, text} passages for retrieval.
+#   toy and smollm2 presets: CONQORD_DEV_FRACTION (default 0.3) of each question set is held out as dev, where
+#   CONQORD_RECALIBRATE (default isotonic; none to leave out) is fitted and the retrieval threshold is chosen;
+#   every metric is over the rest. 0 / none: the paper's setting (every question scored, raw confidence only).
 set -euo pipefail
 . "$(dirname "$0")/../scripts/common.sh"
+dev=(--dev_fraction "${CONQORD_DEV_FRACTION:-0.3}" --recalibrate "${CONQORD_RECALIBRATE:-isotonic}")
 
 if [ "$PRESET" = toy ]; then
   if [ -z "${CONQORD_CHECKPOINTS:-}" ]; then
@@ -24,7 +28,7 @@ if [ "$PRESET" = toy ]; then
     --benchmarks "toy=$TOY_DATA/eval/test.jsonl" "toy/seen=$TOY_DATA/eval/seen.jsonl" --methods zero_shot \
     --retrieval_corpus "$TOY_DATA/corpus.jsonl" --retrieval_k 2 \
     --output_dir "${CONQORD_RESULTS:-results/toy}" \
-    --batch_size 100 --max_new_tokens 16 --max_prompt_len 128 --dtype fp32 "$@"
+    --batch_size 100 --max_new_tokens 16 --max_prompt_len 128 --dtype fp32 "${dev[@]}" "$@"
 elif [ "$PRESET" = smollm2 ]; then
   # The facts world's held-out questions (countries of no training pool; all 434 unless
   # CONQORD_SMOLLM2_EVAL_EXAMPLES is set), plus NQ-open and TruthfulQA when CONQORD_NQ / CONQORD_TRUTHFULQA name
@@ -44,7 +48,7 @@ elif [ "$PRESET" = smollm2 ]; then
     local folder="$1" subset="$2"; shift 2
     local common=(--baselines answer_logprob popularity --judge "${CONQORD_JUDGE:-auto}"
                   --judge_model "${CONQORD_JUDGE_MODEL:-gpt-4}" ${CONQORD_JUDGE_BASE_URL:+--judge_base_url "$CONQORD_JUDGE_BASE_URL"}
-                  --output_dir "$RESULTS/$folder" --dtype fp32 "$@")
+                  --output_dir "$RESULTS/$folder" --dtype fp32 "${dev[@]}" "$@")
     python -m step4_evaluation.main "${facts[@]}" ${subset:+--max_examples "$subset"} "${common[@]}" "${passed[@]}"
     if [ ${#extra[@]} -gt 0 ]; then
       python -m step4_evaluation.main --benchmarks "${extra[@]}" --max_examples "${CONQORD_SMOLLM2_EVAL_EXAMPLES:-100}" \

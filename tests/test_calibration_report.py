@@ -111,3 +111,78 @@ def test_the_ece_floor_comes_from_each_seeds_predictions_with_a_missing_confiden
     s = Settings(out=runs, seeds=[1, 2], ppo_steps=0, variants=(), jobs=1)
     expected = ece_if_calibrated([0.1, 0.9, 0.0, 0.5, 0.5, 0.3, 0.7, 0.2, 0.8, 0.5])
     assert expected > 0 and report.ece_floors(s, "brier_a4") == [expected, expected]
+
+
+def _write_split(out: Path, seed: int, name: str, dev: list[tuple[float, int]], test: list[tuple[float, int]]) -> None:
+    """A dev-split run as step 4 writes it: predictions tagged dev/test, the summary over test."""
+    from step4_evaluation.metrics import auroc, ece
+
+    folder = out / f"seed{seed}/results_dev0.3/{name}/toy/zero_shot"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [(c, y, "dev") for c, y in dev] + [(c, y, "test") for c, y in test]
+    (folder / "predictions.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "confidence": c, "correct": y, "split": split}) + "\n"
+        for i, (c, y, split) in enumerate(rows)))
+    conf, corr = [c for c, _ in test], [y for _, y in test]
+    summary = {**_summary(sum(corr) / len(corr), ece(conf, corr, 10), auroc(conf, corr)), "missing_confidence": 0.0,
+               "n_bins": 10}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+# over-confident but ordered: right at 0.9 half the time, never at 0.6; the same on dev and test
+ORDERED = [(0.9, 1), (0.9, 0), (0.9, 1), (0.6, 0), (0.6, 0), (0.9, 1), (0.9, 0), (0.6, 0), (0.9, 1), (0.9, 1)] * 3
+
+
+def test_recalibration_is_refitted_from_each_runs_dev_split_and_scored_on_test(tmp_path: Path):
+    from step4_evaluation.metrics import auroc, ece
+
+    out = tmp_path / "runs"
+    for seed in (1, 2, 7):  # the layout the main table reads, then the held-out questions with a dev split
+        names = ("sft", "ppo_alpha0", "recommended")
+        _write(out, seed, {name: _summary(0.5, 0.1, 0.5) for name in names}, train_parse=0.0, results="results_dev0.3")
+        for name in names:
+            _write_split(out, seed, name, ORDERED, ORDERED)
+    s = Settings(out=out, seeds=[1, 2], ppo_steps=0, variants=(), jobs=1, dev_fraction=0.3)
+    row = report.recalibrated(s, 1, "recommended", "histogram")
+    conf, corr = zip(*ORDERED)
+    assert row["ece"] == pytest.approx(ece(conf, corr, 10)) and row["ece"] > 0.1
+    # histogram binning maps 0.9 to its dev accuracy 5/7 and 0.6 to 0: exact on test, the order kept
+    assert row["ece_recalibrated"] == pytest.approx(0.0, abs=1e-12) and row["n_dev"] == len(ORDERED)
+    assert row["auroc_recalibrated"] == pytest.approx(auroc(conf, corr))
+    assert 0 < row["ece_floor_recalibrated"] < 0.1  # two values, one of them 0: a floor far under the raw ECE
+    variants = tuple(v for v in VARIANTS if v.name in ("ppo_alpha0", "recommended"))
+    with pytest.raises(SystemExit, match="no dev split"):
+        report.recalibrated(replace_dev(s, tmp_path), 1, "recommended", "isotonic")
+    text = report.write_report(out, [1, 2], [7], variants, tmp_path / "r.md", dev_fraction=0.3,
+                               recalibrate=("platt", "histogram")).read_text()
+    assert "--dev_fraction 0.3 --recalibrate platt histogram" in text and "### Recalibrated on the dev split" in text
+    assert "`recommended`: histogram" in text  # exact beats Platt's sigmoid, which cannot hit 5/7 and 0 at once
+    assert "- `recommended` with histogram: ECE ≤ 0.05: met; AUROC within 0.01 of the raw one: met" in text
+
+
+def replace_dev(s: Settings, tmp_path: Path) -> Settings:
+    """The same seeds read from a folder whose predictions carry no split (evaluated without --dev_fraction)."""
+    from dataclasses import replace
+
+    folder = tmp_path / "plain/seed1/results_dev0.3/recommended/toy/zero_shot"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({**_summary(0.5, 0.1, 0.5), "missing_confidence": 0.0, "n_bins": 10}))
+    (folder / "predictions.jsonl").write_text(json.dumps({"id": "a", "confidence": 0.5, "correct": 1}) + "\n")
+    return replace(s, out=tmp_path / "plain")
+
+
+def test_the_method_is_chosen_on_ece_among_those_that_keep_the_order():
+    table = {("v", "platt"): {"ece_recalibrated": [0.05, 0.07], "auroc_change": [0.0, 0.0]},
+             ("v", "isotonic"): {"ece_recalibrated": [0.01, 0.01], "auroc_change": [-0.03, -0.01]},
+             ("v", "histogram"): {"ece_recalibrated": [0.03, 0.05], "auroc_change": [0.0, -0.02]}}
+    assert report.best_method(table, "v", ["platt", "isotonic", "histogram"]) == "histogram"  # isotonic loses 0.02
+    assert report.best_method(table, "v", ["isotonic"]) == "isotonic"  # none keeps the order: the lowest ECE
+    assert report.recalibration_met(table["v", "isotonic"]) == {"ECE ≤ 0.05": True,
+                                                                 "AUROC within 0.01 of the raw one": False}
+    assert report.recalibration_met(table["v", "platt"]) == {"ECE ≤ 0.05": False,  # 0.06 on average
+                                                              "AUROC within 0.01 of the raw one": True}
+
+
+def test_recalibrate_needs_the_dev_fraction_the_runs_used(tmp_path: Path):
+    with pytest.raises(SystemExit):
+        report.main(["--out", str(tmp_path), "--variants", "ppo_alpha0", "--recalibrate", "isotonic"])

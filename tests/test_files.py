@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from utils.errors import UserError
-from utils.files import staged_folder, write_jsonl
+from utils.files import staged_folder
 
 
 @pytest.fixture()
@@ -45,12 +45,6 @@ def test_staged_folder_replaces_an_old_folder_and_leaves_nothing_on_error(tmp_pa
             (tmp / "a").write_text("half")
             raise RuntimeError("killed")
     assert (target / "a").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-
-
-def test_write_jsonl_is_atomic_and_counts(tmp_path):
-    assert write_jsonl(tmp_path / "d" / "rows.jsonl", ({"i": i} for i in range(3))) == 3
-    assert (tmp_path / "d" / "rows.jsonl").read_text().count("\n") == 3
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["rows.jsonl"]
 
 
 def test_hf_checkpoints_are_readable_by_others(tmp_path, umask_022, toy_tokenizer):

@@ -1,7 +1,9 @@
-"""The layout rule: a step never imports another step (what they share lives in ``utils/``)."""
+"""The layout rules: a step never imports another step (what they share lives in ``utils/``), and each
+command-line flag is defined once (a flag several parsers take has its one definition in ``utils/args.py``)."""
 from __future__ import annotations
 
 import ast
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,3 +35,40 @@ def test_the_check_sees_a_cross_step_import(tmp_path):
     file = tmp_path / "bad.py"
     file.write_text("from step4_evaluation.judges import exact_match\n")
     assert "step4_evaluation.judges" in _imported_modules(file)
+
+
+def _flag_text(node: ast.expr) -> str | None:
+    """The flag string an argument spells: a literal, or an f-string's template (``--{prefix}lora_dim``)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(part.value if isinstance(part, ast.Constant) else "{" + ast.unparse(part.value) + "}"
+                       for part in node.values)
+    return None
+
+
+def _flag_definitions(files: list[Path]) -> dict[str, list[str]]:
+    """Each ``--flag`` given to an ``add_argument(...)`` call, with the places (file:line) that define it."""
+    places: dict[str, list[str]] = defaultdict(list)
+    for file in files:
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+                for flag in filter(None, map(_flag_text, node.args)):
+                    if flag.startswith("--"):
+                        places[flag].append(f"{file}:{node.lineno}")
+    return places
+
+
+def test_each_flag_is_defined_once():
+    files = [file for folder in ("utils", *STEPS) for file in sorted((ROOT / folder).rglob("*.py"))]
+    twice = {flag: where for flag, where in _flag_definitions(files).items() if len(where) > 1}
+    assert twice == {}, "define a shared flag once in utils/args.py and call it from each parser"
+
+
+def test_the_check_sees_a_flag_defined_twice(tmp_path):
+    file = tmp_path / "twice.py"
+    file.write_text('parser.add_argument("--seed", type=int)\n'
+                    'group.add_argument("--seed", default=0)\n'
+                    'group.add_argument(f"--{prefix}lora_dim")\n')
+    places = _flag_definitions([file])
+    assert places["--seed"] == [f"{file}:1", f"{file}:2"] and places["--{prefix}lora_dim"] == [f"{file}:3"]

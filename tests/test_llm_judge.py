@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from step4_evaluation.llm_judge import (JUDGE_PROMPT_VERSION, QA_TEMPLATE, TRUTHFULQA_TEMPLATE, LLMJudge,
-                                        build_messages, cache_key, failed_count, parse_rating)
+                                        build_messages, cache_key, parse_rating)
 
 KEY_ENV = "OPENAI_API_KEY_TEST"
 SECRET = "sk-secret-123"
@@ -217,7 +217,6 @@ def test_persistent_malformed_reply_fails_after_max_retries(server, make_judge, 
     assert verdict.status == "failed" and verdict.correct is None and verdict.score is None
     assert "maybe" in verdict.reason and "failed after 3" in verdict.reason
     assert server.count("q-maybe") == 1 + MAX_RETRIES
-    assert failed_count([verdict]) == 1
     assert not (tmp_path / "cache.jsonl").exists() or "q-maybe" not in (tmp_path / "cache.jsonl").read_text()
 
 
@@ -242,7 +241,7 @@ def test_judge_many_order_cache_and_resume(server, make_judge, tmp_path):
         assert verdict.status == "ok" and verdict.correct is (i % 3 == 0), i
     assert verdicts[12].status == "failed" and verdicts[12].correct is None
     assert verdicts[13] == verdicts[0]
-    assert failed_count(verdicts) == 1
+    assert [v.status for v in verdicts].count("failed") == 1
     assert server.count("q-broken") == 1 + MAX_RETRIES and server.count("q0") == 1 and server.count("q4") == 2
 
     lines = [json.loads(line) for line in (tmp_path / "cache.jsonl").read_text().splitlines()]
@@ -256,7 +255,7 @@ def test_judge_many_order_cache_and_resume(server, make_judge, tmp_path):
     assert server.count() - before == 1 and server.count("q-broken") == 2 + MAX_RETRIES
     assert [v.correct for v in rerun[:12]] == [v.correct for v in verdicts[:12]]
     assert all("(cached)" in v.reason for v in rerun[:12])
-    assert rerun[12].status == "ok" and rerun[12].correct is True and failed_count(rerun) == 0
+    assert rerun[12].status == "ok" and rerun[12].correct is True and "failed" not in [v.status for v in rerun]
 
     before = server.count()
     assert [v.correct for v in make_judge().judge_many(items)] == [v.correct for v in rerun]
@@ -267,7 +266,7 @@ def test_concurrency_is_bounded(server, make_judge):
     server.handler_sleep = 0.1
     judge = make_judge(max_concurrency=3)
     verdicts = judge.judge_many([item(f"c{i}", "GOOD") for i in range(15)])
-    assert failed_count(verdicts) == 0
+    assert "failed" not in [v.status for v in verdicts]
     assert server.max_in_flight == 3  # concurrency happened, and never exceeded the bound
 
 
@@ -320,7 +319,7 @@ def test_an_unreachable_endpoint_is_named_once_then_counted(make_judge, caplog):
     url = unreachable_url()
     caplog.set_level(logging.WARNING, logger="step4_evaluation.llm_judge")
     verdicts = make_judge(base_url=url).judge_many([item(f"down{i}", "GOOD") for i in range(5)])
-    assert failed_count(verdicts) == 5
+    assert [v.status for v in verdicts] == ["failed"] * 5
     assert [r.getMessage() for r in caplog.records] == [
         f"LLM judge: cannot connect to {url} (ConnectError); further failures to reach it are counted, not logged "
         "one by one",

@@ -316,7 +316,7 @@ GOOD_LINE = '{"confidence": 0.5, "correct": 1}'
 
 @pytest.mark.parametrize(
     ("bad_line", "expected"),
-    [('{"confidence": 0.4}', "missing key 'correct'"), ("not json at all", "invalid JSON")],
+    [('{"confidence": 0.4}', "missing key 'correct'"), ("not json at all", "not valid JSON")],
 )
 def test_cli_subprocess_bad_line_exits_2_naming_file_and_line(tmp_path: Path, bad_line: str, expected: str) -> None:
     path = write_lines(tmp_path / "bad.jsonl", [GOOD_LINE, GOOD_LINE, bad_line, GOOD_LINE])
@@ -338,7 +338,7 @@ def test_cli_subprocess_bad_line_exits_2_naming_file_and_line(tmp_path: Path, ba
         ('{"confidence": "high", "correct": 1}', "'confidence'"),
         ('{"confidence": 0.5, "correct": 2}', "'correct'"),
         ('{"confidence": 0.5, "correct": "yes"}', "'correct'"),
-        ("[0.5, 1]", "expected an object"),
+        ("[0.5, 1]", "expected a JSON object"),
     ],
 )
 def test_cli_invalid_values_exit_2(

@@ -96,8 +96,13 @@ def test_one_process_pipeline_with_resume(micro_world: Path):
     for key in ("n", "accuracy", "ece", "auroc", "auroc_stated", "pearson", "spearman", "brier", "parse_failure_rate", "by_difficulty",
                 "ci", "judge", "retrieval"):
         assert key in summary
-    assert summary["n"] == len((micro_world / "data/eval/test.jsonl").read_text().splitlines())
-    assert [r["tau"] for r in summary["retrieval"]][0] == 0.0 and summary["retrieval"][-1]["retrieval_rate"] == 1.0
+    # the toy preset holds 30 % of each question set out as dev (isotonic fitted there, τ chosen there)
+    questions = len((micro_world / "data/eval/test.jsonl").read_text().splitlines())
+    assert summary["dev"]["n"] == round(0.3 * questions) and summary["n"] == questions - summary["dev"]["n"]
+    assert summary["recalibration"]["method"] == "isotonic" and 0 <= summary["ece_recalibrated"] <= 1
+    sweep = summary["retrieval"]["sweep"]
+    assert [r["tau"] for r in sweep][0] == 0.0 and sweep[-1]["retrieval_rate"] == 1.0
+    assert summary["retrieval"]["tau_dev"]["n_test"] == summary["n"]
     for name in ("reliability.png", "retrieval.png", "predictions.jsonl", "generations.jsonl", "generations_rag.jsonl"):
         assert (row / name).stat().st_size > 100, name
     lines = (results / "results.csv").read_text().splitlines()
@@ -106,7 +111,7 @@ def test_one_process_pipeline_with_resume(micro_world: Path):
     again = _run(["bash", "step4_evaluation/run_step4.sh", "--bootstrap", "20", "--methods", "zero_shot", "vanilla"],
                  {**env, "CONQORD_CHECKPOINTS": f"sft={out / 'step1'} conqord={out / 'step3/actor'}"})
     assert json.loads((row / "summary.json").read_text()) == summary
-    assert len((row / "generations.jsonl").read_text().splitlines()) == summary["n"]
+    assert len((row / "generations.jsonl").read_text().splitlines()) == questions  # dev questions answered too
     assert again.stdout.count("|") == result.stdout.count("|")
 
 

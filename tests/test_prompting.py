@@ -6,7 +6,7 @@ import copy
 import pytest
 
 from step4_evaluation.prompting import (INSTRUCTION, METHODS, CoT, ParsedResponse, TopK, Vanilla, ZeroShot,
-                                        evidence_block, evidence_list_block, get_method, parse_evidence_block)
+                                        evidence_block, evidence_list_block, get_method)
 from utils.confidence import ParsedConfidence, parse_confidence
 from utils.prompts import build_prompt, format_response
 
@@ -163,17 +163,17 @@ def test_garbage_response(name):
 
 
 # --------------------------------------------------------------------------------------------- evidence
-def test_evidence_block_round_trip():
+def test_evidence_blocks_put_each_passage_on_one_line():
     passages = ["The flag of Brazu is red.", "The capital of Brazu is Kelth."]
     block = evidence_block(passages)
     assert block == "### Retrieved Evidences: The flag of Brazu is red. | The capital of Brazu is Kelth.\n"
-    assert parse_evidence_block(block + build_prompt("Q?")) == passages
-    assert parse_evidence_block(evidence_list_block(passages) + "### Question: Q?") == passages
+    assert evidence_list_block(passages) == ("### Retrieved Evidences:\n- The flag of Brazu is red.\n"
+                                             "- The capital of Brazu is Kelth.\n\n")
     # one line whatever the passages hold
     messy = evidence_block(["a\nb  c", "x | y", "  "])
-    assert messy.count("\n") == 1 and parse_evidence_block(messy) == ["a b c", "x / y"]
+    assert messy == "### Retrieved Evidences: a b c | x / y\n"
+    assert evidence_list_block(["a\nb  c", "  "]) == "### Retrieved Evidences:\n- a b c\n\n"
     assert evidence_block([]) == evidence_block(None) == evidence_list_block([]) == ""
-    assert parse_evidence_block(build_prompt("Q?")) == []
 
 
 def test_zero_shot_evidence_is_the_toy_world_training_form(toy_world_dir):
@@ -188,6 +188,6 @@ def test_zero_shot_evidence_is_the_toy_world_training_form(toy_world_dir):
     if not with_evidence:
         pytest.skip("this toy world has no evidence rows")
     for prompt in with_evidence[:20]:
-        passages = parse_evidence_block(prompt)
+        passages = prompt.split("\n", 1)[0].removeprefix(prompts.EVIDENCE_TAG).strip().split(" | ")  # one-line form
         question = prompt.split("### Question: ", 1)[1].split("\n", 1)[0]
         assert len(passages) >= 1 and get_method("zero_shot").build(question, evidence=passages) == prompt

@@ -68,8 +68,10 @@ def test_tau_on_dev_takes_the_best_dev_accuracy_then_the_least_retrieval_then_th
     assert chosen["test_accuracy"] == pytest.approx(2 / 3) and chosen["test_retrieval_rate"] == pytest.approx(2 / 3)
     assert chosen["test_accuracy_never"] == pytest.approx(2 / 3)
     assert chosen["test_accuracy_always"] == pytest.approx(1 / 3)
-    low, high = chosen["ci"]["test_accuracy"]
-    assert 0.0 <= low <= chosen["test_accuracy"] <= high <= 1.0 and chosen["n_test"] == 3
+    for key in ("test_accuracy", "test_accuracy_never", "test_accuracy_always"):  # each beside its interval
+        low, high = chosen["ci"][key]
+        assert 0.0 <= low <= chosen[key] <= high <= 1.0
+    assert chosen["ci"]["test_accuracy_always"][0] == 0.0 and chosen["n_test"] == 3  # a resample of the 2 wrong ones
     assert chosen == tau_on_dev(dev_sweep, [0.1, 0.4, 0.8], [0, 1, 1], [1, 0, 0], bootstrap=50, seed=3)  # seeded
     assert "ci" not in tau_on_dev(dev_sweep, [0.1], [0], [1])
     assert tau_on_dev(threshold_sweep([0.2, 0.9], [0, 1], [1, 1]), [0.5], [1], [0])["tau"] == 0.3  # the first gain

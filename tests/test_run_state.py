@@ -152,8 +152,9 @@ def test_a_fresh_run_killed_before_its_first_save_leaves_the_old_state_recoverab
 def test_freezing_the_actor_for_the_whole_run_is_refused(toy_world_dir, tiny_model, tmp_path, monkeypatch, extra,
                                                          message):
     _forbid_engines(monkeypatch)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as info:
         _ppo(toy_world_dir, tiny_model, tmp_path / "step3", *extra)
+    assert not isinstance(info.value, run_state_refusal())  # not a --resume refusal: no resume is involved
     assert not (tmp_path / "step3").exists()
 
 

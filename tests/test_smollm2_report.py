@@ -85,3 +85,22 @@ def test_embedding_replaces_an_earlier_section(tmp_path: Path):
     text = results_md.read_text()
     assert text.startswith("# Toy study\n\nbody\n") and "## Real model" in text
     assert "second table" in text and "first table" not in text and text.count("smollm2:begin") == 1
+
+
+def test_recalibrated_columns_appear_beside_the_raw_ones_only_when_step4_recalibrated(tmp_path: Path):
+    results = tmp_path / "results"
+    _results(results / "trained", {"sft/facts/zero_shot": 0.1})
+    plain = report(results, tmp_path / "models", tmp_path / "data", tmp_path / "plain.md").read_text()
+    assert "after isotonic" not in plain and "dev questions" not in plain
+    file = results / "trained/results.json"
+    summaries = json.loads(file.read_text())
+    summaries["sft/facts/zero_shot"].update(
+        ece_recalibrated=0.031, auroc_recalibrated=0.69, dev={"n": 4},
+        ci_recalibrated={"ece": [0.01, 0.08], "auroc": [0.5, 0.85]}, recalibration={"method": "isotonic"})
+    file.write_text(json.dumps(summaries))
+    text = report(results, tmp_path / "models", tmp_path / "data", tmp_path / "recal.md").read_text()
+    assert "| ece after isotonic (95% CI) | auroc after isotonic (95% CI) |" in text
+    stated = next(line for line in text.splitlines() if line.startswith("| sft/zero_shot | stated |"))
+    assert stated.endswith("| 0.031 [0.01, 0.08] | 0.690 [0.50, 0.85] |")
+    popularity = next(line for line in text.splitlines() if line.startswith("| sft/zero_shot | popularity |"))
+    assert popularity.endswith("| n/a | n/a |") and "4 dev questions per row" in text

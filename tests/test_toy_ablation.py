@@ -49,3 +49,25 @@ def test_recommended_trains_the_chosen_form_and_step3_accepts_its_flags():
     assert (args.alpha, args.ppo_epochs, args.confidence_scoring_rule, args.confidence_scoring_weight) == (32, 4, "brier", 32)
     assert args.alignment_on_confidence_tokens and args.center_confidence_terms
     assert args.missing_confidence_policy == "worst" and args.unsupervised_dataset_name == ["world/step1_sft"]
+
+
+def test_the_dev_split_gets_its_own_results_folder_and_reaches_step4(monkeypatch, tmp_path: Path):
+    from experiments import toy_ablation
+
+    calls = []
+    monkeypatch.setattr(toy_ablation, "_run", lambda cmd, env, log: calls.append((cmd, log)))
+    plain = toy_ablation.Settings(out=tmp_path, seeds=[1], ppo_steps=1, variants=(), jobs=1)
+    split = toy_ablation.Settings(out=tmp_path, seeds=[1], ppo_steps=1, variants=(), jobs=1,
+                                  confidence_readout="expected", dev_fraction=0.3, recalibrate="isotonic")
+    assert plain.results(1).name == "results" and split.results(1).name == "results_expected_dev0.3"
+    assert plain.metrics() == toy_ablation.METRICS and "ece_recalibrated" in split.metrics()
+    assert split.step4_flags() == " --confidence_readout expected --dev_fraction 0.3 --recalibrate isotonic"
+    toy_ablation.evaluate_seed(tmp_path / "seed1", 1, split)
+    toy_ablation.evaluate_seed(tmp_path / "seed1", 1, plain)
+    (cmd, log), *_, (plain_cmd, plain_log) = calls
+    assert cmd[cmd.index("--dev_fraction") + 1] == "0.3" and cmd[cmd.index("--recalibrate") + 1] == "isotonic"
+    assert log.parent.name == "expected_dev0.3" and plain_log.parent.name == "logs"
+    # without the split the flags still go, at 0 / none: they override the preset's default split
+    assert plain_cmd[plain_cmd.index("--dev_fraction") + 1] == "0.0" and "none" in plain_cmd
+    with pytest.raises(SystemExit):
+        toy_ablation.main(["--recalibrate", "isotonic", "--out", str(tmp_path)])

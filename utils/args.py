@@ -12,6 +12,7 @@ import math
 import re
 from typing import Sequence
 
+from utils.confidence import MISSING_CONFIDENCE
 from utils.ds_config import DTYPES
 from utils.reward import MISSING_POLICIES, REDUCTIONS, SCORING_RULES
 
@@ -107,7 +108,6 @@ def share_below_one(text: str) -> float:
 # the checks above, for other modules' parsers (step 4)
 positive_int = _positive(int)
 positive_float = _positive(finite_float)
-unit_float = _unit_float
 
 
 def _data_split(text: str) -> list[float]:
@@ -118,6 +118,58 @@ def _data_split(text: str) -> list[float]:
     if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or sum(parts) <= 0:
         raise argparse.ArgumentTypeError(f"expects three non-negative weights such as 10,0,0 (step 1, 2, 3), got {text!r}")
     return parts
+
+
+# Flags that several parsers take, each defined here once; a parser passes what differs for it (a default, the
+# help that names its own context) and picks the group the flag is shown in.
+
+def add_seed_arg(group: argparse._ActionsContainer, default: int = 1234, help_text: str | None = None) -> None:
+    group.add_argument("--seed", type=seed, default=default, help=help_text)
+
+
+def add_run_length_args(group: argparse._ActionsContainer, max_steps_help: str) -> None:
+    """``max_steps_help`` says what a step is (an optimizer step in steps 1-2, a rollout batch in step 3)."""
+    group.add_argument("--num_train_epochs", type=_positive(int), default=1)
+    group.add_argument("--max_steps", type=_positive(int), default=None, help=max_steps_help)
+    group.add_argument("--gradient_accumulation_steps", type=_positive(int), default=1)
+
+
+def add_lr_schedule_args(group: argparse._ActionsContainer, choices: Sequence[str], default: str) -> None:
+    """``choices``: the schedulers the step's own optimizer set-up builds."""
+    group.add_argument("--lr_scheduler_type", default=default, choices=list(choices))
+    group.add_argument("--num_warmup_steps", type=non_negative_int, default=0)
+
+
+def add_num_padding_arg(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--num_padding_at_beginning", type=int, default=0,
+                       help="Accepted for compatibility; scores are read at the last non-pad token.")
+
+
+def add_dtype_arg(group: argparse._ActionsContainer, default: str) -> None:
+    group.add_argument("--dtype", choices=DTYPES, default=default)
+
+
+def add_missing_confidence_arg(group: argparse._ActionsContainer, help_text: str) -> None:
+    group.add_argument("--missing_confidence", type=_unit_float, default=MISSING_CONFIDENCE, help=help_text)
+
+
+def add_n_bins_arg(group: argparse._ActionsContainer, help_text: str) -> None:
+    group.add_argument("--n_bins", type=positive_int, default=10, help=help_text)
+
+
+def add_bootstrap_arg(group: argparse._ActionsContainer, default: int, help_text: str) -> None:
+    group.add_argument("--bootstrap", type=non_negative_int, default=default, help=help_text)
+
+
+def add_output_dir_arg(group: argparse._ActionsContainer, default: str | None = None,
+                       help_text: str | None = None) -> None:
+    """Required where the command has no default folder (steps 1-3)."""
+    group.add_argument("--output_dir", required=default is None, default=default, help=help_text)
+
+
+def add_force_arg(group: argparse._ActionsContainer, help_text: str) -> None:
+    """``--force`` of the fetching commands (utils.download, utils.gguf_import): replace what is there."""
+    group.add_argument("--force", action="store_true", help=help_text)
 
 
 def add_data_args(parser: argparse.ArgumentParser, with_max_seq_len: bool = True) -> None:
@@ -145,8 +197,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model_name_or_path", required=True, help="HF folder or hub name of the starting model.")
     g.add_argument("--tokenizer_name_or_path", default=None, help="Defaults to the model's own tokenizer.")
-    g.add_argument("--num_padding_at_beginning", type=int, default=0,
-                   help="Accepted for compatibility; scores are read at the last non-pad token.")
+    add_num_padding_arg(g)
     g.add_argument("--disable_dropout", action="store_true")
 
 
@@ -156,15 +207,10 @@ def add_training_args(parser: argparse.ArgumentParser, learning_rate: float = 1e
     g.add_argument("--per_device_eval_batch_size", type=_positive(int), default=16)
     g.add_argument("--learning_rate", type=positive_float, default=learning_rate)
     g.add_argument("--weight_decay", type=_non_negative_float, default=0.0)
-    g.add_argument("--num_train_epochs", type=_positive(int), default=1)
-    g.add_argument("--max_steps", type=_positive(int), default=None,
-                   help="Stop after this many optimizer steps (overrides epochs).")
-    g.add_argument("--gradient_accumulation_steps", type=_positive(int), default=1)
-    g.add_argument("--lr_scheduler_type", default="cosine",
-                   choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                            "constant_with_warmup"])
-    g.add_argument("--num_warmup_steps", type=non_negative_int, default=0)
-    g.add_argument("--seed", type=seed, default=1234)
+    add_run_length_args(g, max_steps_help="Stop after this many optimizer steps (overrides epochs).")
+    add_lr_schedule_args(g, ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                             "constant_with_warmup"], default="cosine")
+    add_seed_arg(g)
     g.add_argument("--gradient_checkpointing", action="store_true")
     g.add_argument("--eval_interval", type=non_negative_int, default=0, help="Evaluate every N optimizer steps (0: per epoch).")
 
@@ -204,7 +250,7 @@ def add_deepspeed_args(parser: argparse.ArgumentParser, prefixes: Sequence[str] 
     for prefix in prefixes:
         g.add_argument(f"--{prefix}zero_stage", type=int, choices=[0, 1, 2, 3], default=0)
     g.add_argument("--offload", action="store_true", help="ZeRO offload of parameters and optimizer to CPU.")
-    g.add_argument("--dtype", choices=DTYPES, default="bf16")
+    add_dtype_arg(g, default="bf16")
     g.add_argument("--gradient_clipping", type=_non_negative_float, default=1.0)
     g.add_argument("--zero3_settings", nargs="+", type=_zero_setting, default=[], metavar="stage3_NAME=NUMBER",
                    help="Override ZeRO-3 tuning entries of the DeepSpeed config, e.g. "
@@ -223,7 +269,7 @@ def add_overwrite_output_dir_arg(group: argparse._ArgumentGroup) -> None:
 
 def add_logging_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("logging")
-    g.add_argument("--output_dir", required=True, help="Where the final HF checkpoint is written.")
+    add_output_dir_arg(g, help_text="Where the final HF checkpoint is written.")
     add_overwrite_output_dir_arg(g)
     g.add_argument("--enable_tensorboard", action="store_true")
     g.add_argument("--tensorboard_path", default="runs")
@@ -249,8 +295,7 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--reward_model_name_or_path", default=None,
                    help="Frozen reward model; defaults to --critic_model_name_or_path.")
     m.add_argument("--tokenizer_model_name_or_path", default=None, help="Defaults to the actor's tokenizer.")
-    m.add_argument("--num_padding_at_beginning", type=int, default=0,
-                   help="Accepted for compatibility; scores are read at the last non-pad token.")
+    add_num_padding_arg(m)
     m.add_argument("--disable_actor_dropout", action="store_true")
     m.add_argument("--offload_reference_model", action="store_true")
     m.add_argument("--enable_hybrid_engine", action="store_true",
@@ -264,16 +309,13 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--per_device_training_batch_size", type=_positive(int), default=16)
     t.add_argument("--generation_batches", type=_positive(int), default=1)
     t.add_argument("--ppo_epochs", type=_positive(int), default=1)
-    t.add_argument("--num_train_epochs", type=_positive(int), default=1)
-    t.add_argument("--max_steps", type=_positive(int), default=None, help="Stop after this many rollout batches.")
-    t.add_argument("--gradient_accumulation_steps", type=_positive(int), default=1)
+    add_run_length_args(t, max_steps_help="Stop after this many rollout batches.")
     t.add_argument("--actor_learning_rate", type=positive_float, default=1e-6)
     t.add_argument("--critic_learning_rate", type=positive_float, default=1e-6)
     t.add_argument("--actor_weight_decay", type=_non_negative_float, default=0.0)
     t.add_argument("--critic_weight_decay", type=_non_negative_float, default=0.0)
-    t.add_argument("--lr_scheduler_type", default="constant", choices=["constant", "linear", "cosine"])
-    t.add_argument("--num_warmup_steps", type=non_negative_int, default=0)
-    t.add_argument("--seed", type=seed, default=1234)
+    add_lr_schedule_args(t, ["constant", "linear", "cosine"], default="constant")
+    add_seed_arg(t)
     t.add_argument("--freezing_actor_steps", type=non_negative_int, default=0,
                    help="Train only the critic for the first N steps (OpenRLHF's flag): a critic initialised "
                         "from the reward model starts far from the returns, and its errors swamp the advantages.")
@@ -292,6 +334,9 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--cliprange_value", type=positive_float, default=0.2)
     t.add_argument("--gamma", type=_unit_float, default=1.0)
     t.add_argument("--lam", type=_unit_float, default=0.95)
+    t.add_argument("--whiten_advantages", action="store_true",
+                   help="Normalise advantages over the rollout batch (DeepSpeed-Chat does not); with "
+                        "--alignment_on_confidence_tokens only the GAE part, the routed confidence terms added after.")
     t.add_argument("--save_interval", type=non_negative_int, default=0, help="Save a resumable checkpoint every N steps (0: never).")
     t.add_argument("--save_total_limit", type=_positive(int), default=2,
                    help="Keep the last N resumable checkpoints in --output_dir/resume (the HF Trainer's flag); "
@@ -331,8 +376,7 @@ def add_ppo_args(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--alignment_on_confidence_tokens", action="store_true",
                    help="Beyond the paper: give the confidence terms (alpha*R_A, scoring rule) as advantage to the "
                         "confidence tokens only; the answer tokens see the quality reward alone.")
-    r.add_argument("--missing_confidence", type=_unit_float, default=0.0,
-                   help="Confidence used when a rollout states none (the authors: 1.0 in training).")
+    add_missing_confidence_arg(r, help_text="Confidence used when a rollout states none (the authors: 1.0 in training).")
     r.add_argument("--center_confidence_terms", action="store_true",
                    help="Beyond the paper: subtract the confidence terms' mean over the rollouts in scope. Given to the "
                         "confidence tokens (--alignment_on_confidence_tokens) they bypass the critic, so nothing else "

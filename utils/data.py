@@ -24,7 +24,6 @@ evaluation ``question`` + ``answers``. Tokenised results are cached by :mod:`uti
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import re
 from collections import Counter
@@ -39,6 +38,8 @@ from utils import dist
 from utils.confidence import parse_confidence
 from utils.data_formats import (CANONICAL, DataError, detect_format, given_source_columns, source_columns,
                                 split_hub_name, to_canonical)
+from utils.jsonl import (DuplicateKey, duplicate_key_error, first_duplicate, json_lines, json_object, text_lines,
+                         unique_keys)
 
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".parquet")
 SPLIT_FILES = {"test": ("test", "eval")}  # file stems of a split in a folder; DeepSpeed-Chat writes eval.json
@@ -92,74 +93,6 @@ def _no_train_split(path: str) -> DataError:
     return DataError(f"--data_path {path}: no train file (expected {expected}; the folder holds: {held})")
 
 
-def _first_duplicate(names: Sequence[str]) -> str | None:
-    return next((name for i, name in enumerate(names) if name in names[:i]), None)
-
-
-def text_lines(file: Path | str) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of each line of a UTF-8 text file (gunzipped when it ends in ``.gz``). A byte
-    that is not UTF-8 stops with a :class:`DataError` naming the file and line, an unreadable file (a
-    truncated or fake ``.gz``) with one naming the file."""
-    file = Path(file)
-    opener = gzip.open if file.name.endswith(".gz") else open
-    try:
-        with opener(file, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                try:  # line by line, to name the line: no UTF-8 character holds a newline byte
-                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-                except UnicodeDecodeError as err:
-                    raise DataError(f"{file}:{number}: not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} "
-                                    "of the line); re-save the file as UTF-8") from None
-                yield number, text
-    except (OSError, EOFError) as err:
-        raise DataError(f"{file}: cannot be read ({err}); re-create or replace it") from None
-
-
-class _DuplicateKey(Exception):
-    """Raised by :func:`_unique_keys` inside ``json``; the reader turns it into a :class:`DataError` naming the line."""
-
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook`` refusing an object that names a key twice (``json`` keeps the last silently)."""
-    duplicate = _first_duplicate([key for key, _ in pairs])
-    if duplicate is not None:
-        raise _DuplicateKey(duplicate)
-    return dict(pairs)
-
-
-def _duplicate_key_error(where: str, err: _DuplicateKey) -> DataError:
-    return DataError(f"{where}: key {err.key!r} appears twice in one object; rename or remove one")
-
-
-def _json_object(where: str, item: Any) -> dict:
-    if not isinstance(item, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
-    return item
-
-
-def json_lines(file: Path | str, hint: str = "") -> Iterator[tuple[str, dict]]:
-    """``("file:line", row)`` for each non-blank line of a JSONL file (gzipped when it ends in ``.gz``); a
-    line that is not a JSON object, or names a key twice, stops with a :class:`DataError` naming the file
-    and line (and ending with ``hint`` where the line is not JSON)."""
-    file = Path(file)
-    for number, line in text_lines(file):
-        if not line.strip():
-            continue
-        where = f"{file}:{number}"
-        try:
-            row = json.loads(line, object_pairs_hook=_unique_keys)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not valid JSON ({err.msg}); fix or remove the line"
-                            + (f" ({hint})" if hint else "")) from None
-        except _DuplicateKey as err:
-            raise _duplicate_key_error(where, err) from None
-        yield where, _json_object(where, row)
-
-
 def _json_rows(file: Path) -> Iterator[tuple[str, dict]]:
     """Rows of a ``.json`` file: one JSON array of objects (DeepSpeed-Chat's ``train.json``), else JSON lines.
     One object over several lines (pretty-printed) is neither, and refused: it could be one row or a table
@@ -186,7 +119,7 @@ _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 def _json_array_rows(file: Path, text: str, start: int) -> Iterator[tuple[str, dict]]:
     """``("file:line", row)`` for each item of the JSON array at ``text[start]``, decoded one item at a time
     so each row is named by the line it starts on."""
-    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
+    decoder = json.JSONDecoder(object_pairs_hook=unique_keys)
     line, counted = 1, 0
 
     def line_at(pos: int) -> int:  # counted incrementally: the positions only grow
@@ -205,9 +138,9 @@ def _json_array_rows(file: Path, text: str, start: int) -> Iterator[tuple[str, d
             item, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
             raise DataError(f"{file}:{err.lineno}: not valid JSON ({err.msg}); fix it") from None
-        except _DuplicateKey as err:
-            raise _duplicate_key_error(where, err) from None
-        yield where, _json_object(where, item)
+        except DuplicateKey as err:
+            raise duplicate_key_error(where, err) from None
+        yield where, json_object(where, item)
         pos = _JSON_SPACE.match(text, pos).end()
         more = text.startswith(",", pos)
         if more:  # an item must follow: a trailing comma fails to decode, as in json.loads
@@ -238,7 +171,7 @@ def csv_rows(file: Path, where: Callable[[int], str]) -> Iterator[tuple[str, dic
             continue
         if header is None:
             header = [cell.strip() for cell in cells]
-            duplicate = _first_duplicate(header)
+            duplicate = first_duplicate(header)
             if duplicate is not None:
                 raise DataError(f"{where(line)}: column {duplicate!r} appears twice in the header; rename or "
                                 "remove one")
@@ -257,7 +190,7 @@ def _parquet_rows(file: Path) -> Iterator[tuple[str, dict]]:
         table = pq.ParquetFile(file).read()
     except (OSError, pa.ArrowException) as err:
         raise DataError(f"{file}: cannot be read as parquet ({err}); re-create it") from None
-    duplicate = _first_duplicate(table.column_names)
+    duplicate = first_duplicate(table.column_names)
     if duplicate is not None:  # rows as dicts would keep only one of them
         raise DataError(f"{file}: column {duplicate!r} appears twice; rename or remove one")
     for number, row in enumerate(table.to_pylist(), start=1):

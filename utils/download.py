@@ -16,7 +16,7 @@ import huggingface_hub
 from huggingface_hub import constants
 from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 
-from utils.args import Parser
+from utils.args import Parser, add_force_arg
 from utils.errors import UserError, exits_cleanly_on_user_error
 from utils.files import staged_folder
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("name", help="hub repo id (owner/name)")
         sub.add_argument("--local_dir", help=f"where it goes (default: {DEFAULT_ROOT[kind]}/<last part of NAME>)")
         sub.add_argument("--revision", help="branch, tag or commit (default: the repo's main branch)")
-        sub.add_argument("--force", action="store_true", help="replace an existing non-empty --local_dir")
+        add_force_arg(sub, help_text="replace an existing non-empty --local_dir")
         if kind == "dataset":
             sub.add_argument("--subset", help="fetch only this top-level folder, e.g. harmless-base")
     return parser

@@ -63,7 +63,7 @@ import numpy as np
 
 from utils.answer_match import normalize_answer
 from utils.data import DataError
-from utils.files import write_jsonl
+from utils.jsonl import write_jsonl
 from utils.prompts import build_prompt, format_response
 
 FORMS = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import secrets
@@ -19,7 +18,7 @@ import socket
 import stat
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 from utils.dist import launch_rank
 from utils.errors import UserError
@@ -33,18 +32,20 @@ EARLIER_SIGNS = ("training_args.json", "train_log.jsonl", "resume/trainer_state.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
-    """Write ``rows`` to ``path`` through a temporary sibling and one rename; returns the number of rows."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[IO[str]]:
+    """A UTF-8 text handle on a temporary sibling of ``path`` (its folder created) that replaces ``path`` in one
+    rename when the block ends normally, and is removed when it raises: a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    n = 0
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with naming_the_path(path), tmp.open("w", encoding="utf-8") as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

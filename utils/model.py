@@ -344,11 +344,6 @@ def _write_hf_folder(model: nn.Module, state: dict[str, torch.Tensor], tokenizer
         (tmp / ARGS_FILE).write_text(json.dumps(args or {}, indent=2, sort_keys=True, default=str))
 
 
-def read_training_args(path: str | os.PathLike) -> dict[str, Any]:
-    file = Path(path) / ARGS_FILE
-    return json.loads(file.read_text()) if file.is_file() else {}
-
-
 @contextlib.contextmanager
 def unwrapped_for_generation(engine) -> Iterator[nn.Module]:
     """The engine's model with full parameters and no ZeRO-3 fetch hooks, for fast ``generate``.

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from utils.data import DataError, check_row, json_lines
-from utils.files import write_jsonl
+from utils.data import DataError, check_row
+from utils.jsonl import json_lines, write_jsonl
 from utils.prompts import build_prompt, format_response
 
 WH_WORDS = ("when", "who", "where", "what", "which", "how many", "how much", "how", "why")

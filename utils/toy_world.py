@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
-from utils.files import write_jsonl
+from utils.jsonl import json_lines, read_jsonl, write_jsonl
 from utils.prompts import build_prompt, evidence_block, format_response
 
 RELATIONS = {
@@ -38,7 +38,6 @@ RELATIONS = {
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "tr", "th"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ou"]
 _CODAS = ["", "", "n", "r", "l", "s", "th", "x"]
-DIFFICULTIES = ("easy", "medium", "hard")
 SPECIAL_TOKENS = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 
 
@@ -248,18 +247,15 @@ def generate(out_dir: str | os.PathLike, config: ToyWorldConfig = ToyWorldConfig
 
 def country_names(out_dir: str | os.PathLike) -> list[str]:
     """The world's country names (from ``facts.jsonl``), for :func:`train_tokenizer`'s whole words."""
-    with (Path(out_dir) / "facts.jsonl").open(encoding="utf-8") as handle:
-        return sorted({json.loads(line)["country"] for line in handle})
+    return sorted({row["country"] for row in read_jsonl(Path(out_dir) / "facts.jsonl")})
 
 
 def corpus_texts(out_dir: str | os.PathLike) -> Iterable[str]:
     """Every text of the generated world (the tokenizer's training corpus)."""
     out = Path(out_dir)
     for name in ("step1_sft/train", "step2_reward/train", "corpus"):
-        with (out / f"{name}.jsonl").open(encoding="utf-8") as handle:
-            for line in handle:
-                row = json.loads(line)
-                yield " ".join(str(v) for v in row.values())
+        for _, row in json_lines(out / f"{name}.jsonl"):
+            yield " ".join(str(v) for v in row.values())
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, whole_words: Iterable[str] = ()):

@@ -1,4 +1,6 @@
-"""What steps 1 and 2 share: seeding, optimizer groups, the DeepSpeed engine, loaders, the train loop."""
+"""What the steps share for training: seeding, optimizer groups, the DeepSpeed engines, loaders, logging and
+batching. Steps 1 and 2 run their whole train loop here (:func:`run_supervised_step`); step 3 builds its
+engines, loader and logger here; step 4 seeds and batches with it."""
 from __future__ import annotations
 
 import json
