@@ -129,7 +129,7 @@ def toy_ppo_rows(seed: int) -> list[dict]:
 
 def toy_prompts(tokenizer, count: int, max_len: int, seed: int) -> tuple[list[list[int]], list[dict]]:
     """The first ``count`` PPO prompts of the toy world after a seeded shuffle, encoded as step 3 does."""
-    from utils.data import encode_prompt
+    from utils.collate import encode_prompt
 
     rows = toy_ppo_rows(seed)
     rows = (rows * (count // len(rows) + 1))[:count]

@@ -11,7 +11,7 @@ each side on GPU):
   actor_log_probs  response_log_probs(actor)      (old log-probs, on the gathered actor inside the rollout)
   ref_log_probs    response_log_probs(reference)
   critic_values    response_values(critic)
-  reward           oracle_quality / reward model, scoped_dual_reward
+  reward           oracle_quality / reward model, dual_reward
   gae              token_rewards + gae
   make_other       the rest of make(): decoding, confidence parsing, stats
   update_*         ppo_update: actor / critic forward, backward, step; update_other = the rest
@@ -113,7 +113,7 @@ class Phases:
         self.wrap(experience.ExperienceMaker, "rollout", lambda *a: "generation")
         self.wrap(experience, "response_log_probs", lambda model, *a: f"{role.get(id(model), 'other')}_log_probs")
         self.wrap(experience, "response_values", lambda *a: "critic_values")
-        for attr in ("oracle_quality", "scoped_dual_reward"):
+        for attr in ("oracle_quality", "dual_reward"):
             self.wrap(experience, attr, lambda *a: "reward")
         self.wrap(experience.ExperienceMaker, "_model_quality", lambda *a: "reward")
         for attr in ("token_rewards", "gae"):
@@ -184,11 +184,13 @@ def child(args) -> dict:
     import torch
 
     from step3_RL_finetune_LLM import experience, trainer
+    from step3_RL_finetune_LLM.ppo import ppo_settings
     from step3_RL_finetune_LLM.rlhf_engine import build_engines
     from utils import dist
-    from utils.data import encode_prompt
+    from utils.collate import encode_prompt
     from utils.generation import GenerationSettings
     from utils.model import load_tokenizer
+    from utils.reward import reward_settings
     from utils.training import set_seed
 
     stage = args.child_stage
@@ -210,7 +212,8 @@ def child(args) -> dict:
     build_s = clock() - start
     generation = GenerationSettings(max_new_tokens=ns.max_answer_seq_len, do_sample=not ns.greedy_rollouts,
                                     temperature=ns.temperature, top_p=ns.top_p)
-    maker = experience.ExperienceMaker(engines, tokenizer, generation, trainer.reward_settings(ns))
+    ppo = ppo_settings(ns)
+    maker = experience.ExperienceMaker(engines, tokenizer, generation, reward_settings(ns), ppo)
     phases = Phases(clock, engines)
     invalidations = count_trace_invalidations()
     batch = ns.per_device_generation_batch_size
@@ -228,8 +231,8 @@ def child(args) -> dict:
             prompts = [encode_prompt(tokenizer, row["prompt"], ns.max_prompt_seq_len) for row in chunk]
             golds = [row["answers"] for row in chunk]
             torch.manual_seed(ns.seed + step * 1000)  # as trainer.run seeds each step
-            exp = maker.make(prompts, golds)
-            trainer.ppo_update(engines, exp, ns, update_actor=not args.freeze_actor)
+            exp = maker.make(prompts, golds, step)
+            trainer.ppo_update(engines, exp, ppo, update_actor=not args.freeze_actor)
             record = phases.take()
             record["zero3_trace_invalidations"] = invalidations.pop("n", 0)
             if step >= args.warmup:

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a script in a da
 
 from utils.args import Parser, finite_float, seed  # noqa: E402
 from utils.model import save_hf_checkpoint  # noqa: E402
-from utils.toy_world import (ToyWorldConfig, corpus_texts, country_names, create_tiny_llama, generate,  # noqa: E402
-                              train_tokenizer)
+from worlds.toy_world import (ToyWorldConfig, corpus_texts, country_names, create_tiny_llama, generate,  # noqa: E402
+                               train_tokenizer)
 
 
 def main(argv: list[str] | None = None) -> int:

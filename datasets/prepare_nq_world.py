@@ -3,7 +3,7 @@
     python datasets/prepare_nq_world.py --nq ../shared/data/NQ-open.dev.jsonl \
         --hh ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz [--out_dir datasets/nq_world] [--seed 0]
 
-NQ-open: the dev split as JSONL (``{"question", "answer": [...]}``; `python -m utils.download dataset
+NQ-open: the dev split as JSONL (``{"question", "answer": [...]}``; `python -m tools.download dataset
 google-research-datasets/nq_open` fetches it when online). hh-rlhf: any subset's JSONL(.gz) file.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a script in a da
 
 from utils.args import Parser, finite_float, seed  # noqa: E402
 from utils.errors import UserError  # noqa: E402
-from utils.nq_world import NQWorldConfig, generate  # noqa: E402
+from worlds.nq_world import NQWorldConfig, generate  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

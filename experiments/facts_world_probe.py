@@ -68,7 +68,7 @@ def table(rows: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(description=__doc__)
-    parser.add_argument("--model", required=True, help="A chat model's folder (e.g. python -m utils.gguf_import).")
+    parser.add_argument("--model", required=True, help="A chat model's folder (e.g. python -m tools.gguf_import).")
     parser.add_argument("--eval", required=True, help="The facts world's eval/facts.jsonl.")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_new_tokens", type=int, default=24)

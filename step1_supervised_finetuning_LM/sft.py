@@ -8,7 +8,7 @@ import torch
 
 from utils import args as flags
 from utils import dist
-from utils.data import collate_sft, sft_features
+from utils.collate import collate_sft, sft_features
 from utils.model import CAUSAL_LM, create_causal_lm
 from utils.training import SupervisedStep, run_supervised_step
 

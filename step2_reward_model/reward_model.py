@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from utils import args as flags
 from utils import dist
-from utils.data import collate_pairs, encode_completion
+from utils.collate import collate_pairs, encode_completion
 from utils.model import create_scalar_model, sequence_scores
 from utils.training import SupervisedStep, run_supervised_step
 

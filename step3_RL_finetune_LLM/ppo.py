@@ -4,7 +4,31 @@ Shapes: ``(batch, response_len)``; ``mask`` is 1 on generated tokens up to and i
 """
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass, fields
+
 import torch
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """PPO's own settings (the dual reward's are :class:`utils.reward.RewardSettings`). Each field is the step-3 flag
+    of the same name (DeepSpeed-Chat's); built once from the parsed flags (:func:`ppo_settings`)."""
+
+    kl_ctl: float  # per-token KL penalty to the reference
+    gamma: float  # GAE's discount
+    lam: float  # GAE's lambda
+    cliprange: float  # the actor's policy-ratio clip
+    cliprange_value: float  # the critic's value clip around the rollout's values
+    whiten_advantages: bool  # normalise the GAE advantages over the batch
+    ppo_epochs: int  # passes over each experience batch
+    per_device_training_batch_size: int  # rollouts per PPO minibatch
+    unsup_coef: float  # weight of the PPO-ptx loss (when there is ptx data)
+
+
+def ppo_settings(args: argparse.Namespace) -> PPOSettings:
+    """The settings from step 3's parsed flags (same names)."""
+    return PPOSettings(**{f.name: getattr(args, f.name) for f in fields(PPOSettings)})
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from utils import dist
+from utils.collate import IGNORE_INDEX, collate_sft, sft_features
 from utils.confidence import confidence_value_token_span
-from utils.data import IGNORE_INDEX, collate_sft, load_phase_data, sft_features
+from utils.data_split import load_phase_data
 
 COLUMNS = ("prompt", "response")
 ALL_ROWS = (1.0, 0.0, 0.0)  # --data_split weights: every row of the unsupervised data goes to this use

@@ -9,28 +9,30 @@ import argparse
 import json
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from step3_RL_finetune_LLM.experience import (Experience, ExperienceMaker, RewardSettings, response_log_probs,
-                                              response_values, scoring_weight_at)
+from step3_RL_finetune_LLM.experience import Experience, ExperienceMaker, response_log_probs, response_values
 from step3_RL_finetune_LLM import run_state
-from step3_RL_finetune_LLM.ppo import actor_loss, critic_loss, minibatch_rows, policy_advantages
+from step3_RL_finetune_LLM.ppo import (PPOSettings, actor_loss, critic_loss, minibatch_rows, policy_advantages,
+                                       ppo_settings)
 from step3_RL_finetune_LLM.ptx import PtxBatches, load_ptx_batches, ptx_loss
 from step3_RL_finetune_LLM.rlhf_engine import Engines, build_engines, check_inputs
 from utils import args as flags
 from utils import dist, finite
-from utils.data import encode_prompt, load_phase_data
+from utils.collate import encode_prompt
 from utils.data_cache import cached_dataset, data_fingerprint
+from utils.data_split import load_phase_data
 from utils.errors import TrainingDiverged, UserError, note_checkpoint
 from utils.files import (check_apart_from_inputs, check_output_folder, claim_output_folder, mark_output,
                          output_lock)
 from utils.generation import GenerationSettings
 from utils.model import load_tokenizer, save_hf_checkpoint
 from utils.profiling import PhaseTimer, peak_gpu_memory_gib
+from utils.reward import reward_settings
 from utils.training import Logger, make_loader, require_optimizer_steps, set_seed
 
 PHASE = 2
@@ -52,19 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def reward_settings(args: argparse.Namespace) -> RewardSettings:
-    return RewardSettings(alpha=args.alpha, scope=args.align_reward_scope, reduction=args.align_reward_reduction,
-                          clip=args.clip_reward_value, quality=args.quality_reward,
-                          score_with_confidence=args.score_with_confidence,
-                          missing_confidence=args.missing_confidence, kl_ctl=args.kl_ctl, gamma=args.gamma,
-                          lam=args.lam, scoring_rule=args.confidence_scoring_rule,
-                          scoring_weight=args.confidence_scoring_weight,
-                          alignment_on_confidence_tokens=args.alignment_on_confidence_tokens,
-                          missing_policy=args.missing_confidence_policy,
-                          center_confidence_terms=args.center_confidence_terms,
-                          missing_eos_penalty=args.missing_eos_penalty)
-
-
 def warn_if_alignment_vanishes(args: argparse.Namespace) -> None:
     in_scope = args.per_device_generation_batch_size * (dist.world_size() if args.align_reward_scope == "global" else 1)
     if args.alpha > 0 and in_scope < 2:
@@ -74,34 +63,34 @@ def warn_if_alignment_vanishes(args: argparse.Namespace) -> None:
                       stacklevel=2)
 
 
-def ppo_update(engines: Engines, experience: Experience, args: argparse.Namespace,
+def ppo_update(engines: Engines, experience: Experience, ppo: PPOSettings,
                update_actor: bool = True, ptx: PtxBatches | None = None, ptx_start: int = 0) -> dict[str, float]:
     """``ppo_epochs`` passes of clipped actor and critic updates over minibatches of the experience (reshuffled
     after the first pass, :func:`minibatch_rows`); with ``ptx``, each actor update adds the PPO-ptx loss of one
     batch (batches ``ptx_start`` on)."""
     engines.actor.train()
     engines.critic.train()
-    advantages = policy_advantages(experience.advantages, experience.mask, args.whiten_advantages,
+    advantages = policy_advantages(experience.advantages, experience.mask, ppo.whiten_advantages,
                                    experience.routed_advantages)
     size = experience.sequences.shape[0]
     losses = {"actor_loss": 0.0, "critic_loss": 0.0, **({"unsup_loss": 0.0} if ptx is not None else {})}
     count = 0
-    for epoch in range(args.ppo_epochs):
-        for rows in minibatch_rows(size, args.per_device_training_batch_size, epoch):
+    for epoch in range(ppo.ppo_epochs):
+        for rows in minibatch_rows(size, ppo.per_device_training_batch_size, epoch):
             rows = rows.to(experience.sequences.device)
             seq, am, mask = experience.sequences[rows], experience.attention_mask[rows], experience.mask[rows]
             if update_actor:
                 log_probs = response_log_probs(engines.actor, seq, am, experience.prompt_width, experience.temperature)
-                loss = actor_loss(log_probs, experience.log_probs[rows], advantages[rows], mask, args.cliprange)
+                loss = actor_loss(log_probs, experience.log_probs[rows], advantages[rows], mask, ppo.cliprange)
                 losses["actor_loss"] += loss.item()
                 if ptx is not None:  # InstructGPT's objective: one update of the PPO loss + coef x the LM loss
                     lm_loss = ptx_loss(engines.actor, ptx.batch(ptx_start + count, engines.actor.device))
                     losses["unsup_loss"] += lm_loss.item()
-                    loss = loss + args.unsup_coef * lm_loss
+                    loss = loss + ppo.unsup_coef * lm_loss
                 engines.actor.backward(loss)
                 engines.actor.step()
             values = response_values(engines.critic, seq, am, experience.prompt_width).float()
-            vloss = critic_loss(values, experience.values[rows], experience.returns[rows], mask, args.cliprange_value)
+            vloss = critic_loss(values, experience.values[rows], experience.returns[rows], mask, ppo.cliprange_value)
             engines.critic.backward(vloss)
             engines.critic.step()
             losses["critic_loss"] += vloss.item()
@@ -136,7 +125,51 @@ def run(args: argparse.Namespace) -> dict:
         return _train(args)
 
 
+@dataclass
+class _Run:
+    """What a run's setup builds, read by its steps and its end."""
+
+    args: argparse.Namespace
+    out: Path
+    provenance: dict
+    state: dict  # where a resumed run starts: {"step", "seconds"} (0 afresh)
+    tokenizer: object
+    engines: Engines
+    maker: ExperienceMaker
+    ppo: PPOSettings
+    ptx: PtxBatches | None
+    loader: object
+    has_golds: bool
+    steps_per_epoch: int
+    total_steps: int
+    minibatches: int  # PPO minibatches per experience batch
+    timer: PhaseTimer
+    logger: Logger
+    updates_done: dict[str, finite.UpdateCounter]
+    start: float  # time.time() at the first step
+
+
 def _train(args: argparse.Namespace) -> dict:
+    run = _setup(args)
+    step, buffer = run.state["step"], []
+    # rank 0 only, and quiet when stdout is not a terminal (tqdm's disable=None): logs keep their lines
+    bar = tqdm(total=run.total_steps, initial=step, desc="step 3 (PPO)", unit="step",
+               disable=None if dist.is_main() else True)
+    for epoch, batch in _batches(run.loader, run.steps_per_epoch, run.total_steps, step):
+        torch.manual_seed(args.seed + step * 1000 + dist.rank())  # resumable, rank-distinct sampling
+        golds = [row["answers"] for row in batch] if run.has_golds else None
+        buffer.append(_rollouts(run.maker, [row["prompt_ids"] for row in batch], golds, step))
+        step += 1
+        bar.update(1)
+        if len(buffer) >= args.generation_batches or step >= run.total_steps:
+            _ppo_step(run, buffer, step, epoch)
+            buffer = []
+    bar.close()
+    return _finish(run, step)
+
+
+def _setup(args: argparse.Namespace) -> _Run:
+    """Everything before the first step: checks, data, engines, the settings (built once), the output folder."""
     dist.init_distributed(args.local_rank)
     set_seed(args.seed)
     check_inputs(args)
@@ -148,6 +181,36 @@ def _train(args: argparse.Namespace) -> dict:
         warnings.warn("--enable_hybrid_engine is ignored: rollouts gather the ZeRO-3 weights once and generate "
                       "without DeepSpeed's hooks", stacklevel=1)
     tokenizer = load_tokenizer(args.tokenizer_model_name_or_path or args.actor_model_name_or_path, padding_side="left")
+    prompts = _prompts(args, tokenizer)
+    ptx = load_ptx_batches(args, tokenizer)
+    loader = make_loader(prompts, args.per_device_generation_batch_size, list, True, args.seed)
+    steps_per_epoch = len(loader)
+    total_steps = args.max_steps or steps_per_epoch * args.num_train_epochs
+    minibatches = args.ppo_epochs * -(-args.per_device_generation_batch_size // args.per_device_training_batch_size)
+    _check_updates(args, total_steps, steps_per_epoch, minibatches)
+    engines = build_engines(args, tokenizer, total_steps * minibatches // args.gradient_accumulation_steps)
+    generation = GenerationSettings(max_new_tokens=args.max_answer_seq_len, do_sample=not args.greedy_rollouts,
+                                    temperature=args.temperature, top_p=args.top_p)
+    timer = PhaseTimer()
+    ppo = ppo_settings(args)
+    maker = ExperienceMaker(engines, tokenizer, generation, reward_settings(args), ppo, timer)
+    if args.resume:
+        run_state.load_resumable(engines, out, state["step"])
+        note_checkpoint(_resume_note(out, state["step"]))
+    updates_done = {name: finite.UpdateCounter(getattr(engines, name)) for name in ("actor", "critic")}
+    logger = Logger(args.enable_tensorboard, args.tensorboard_path, out)
+    _prepare_output(out, args.resume, state["step"])
+    dist.print_rank0(f"step 3: {len(prompts)} prompts, {steps_per_epoch} rollout batches per epoch, {total_steps} steps, "
+                     f"alpha={args.alpha} ({args.align_reward_reduction}, {args.align_reward_scope}), "
+                     f"quality={args.quality_reward}")
+    return _Run(args=args, out=out, provenance=provenance, state=state, tokenizer=tokenizer, engines=engines,
+                maker=maker, ppo=ppo, ptx=ptx, loader=loader, has_golds="answers" in prompts.column_names,
+                steps_per_epoch=steps_per_epoch, total_steps=total_steps, minibatches=minibatches, timer=timer,
+                logger=logger, updates_done=updates_done, start=time.time())
+
+
+def _prompts(args: argparse.Namespace, tokenizer):
+    """The PPO prompts, tokenized (cached by :func:`cached_dataset`), with their gold answers when present."""
     required = ("prompt", "answers") if args.quality_reward == "oracle" else ("prompt",)
 
     def tokenized():
@@ -158,15 +221,12 @@ def _train(args: argparse.Namespace) -> dict:
 
     fingerprint = data_fingerprint(args, tokenizer, step="step3", phase=PHASE, columns=required,
                                    max_len=args.max_prompt_seq_len)
-    prompts = cached_dataset(args.data_output_path, fingerprint, tokenized)
-    ptx = load_ptx_batches(args, tokenizer)
-    has_golds = "answers" in prompts.column_names
-    loader = make_loader(prompts, args.per_device_generation_batch_size, list, True, args.seed)
-    steps_per_epoch = len(loader)
-    total_steps = args.max_steps or steps_per_epoch * args.num_train_epochs
+    return cached_dataset(args.data_output_path, fingerprint, tokenized)
+
+
+def _check_updates(args: argparse.Namespace, total_steps: int, steps_per_epoch: int, minibatches: int) -> None:
+    """The actor must be updated, and often enough for --gradient_accumulation_steps."""
     check_actor_trains(args, total_steps, steps_per_epoch)
-    minibatches = args.ppo_epochs * -(-args.per_device_generation_batch_size // args.per_device_training_batch_size)
-    updates = total_steps * minibatches
     actor_batches = total_steps - args.freezing_actor_steps
     require_optimizer_steps(actor_batches * minibatches, args.gradient_accumulation_steps,
                             f"{actor_batches} rollout batch(es) updating the actor (the run's {total_steps} less "
@@ -174,97 +234,86 @@ def _train(args: argparse.Namespace) -> dict:
                             f"each (--ppo_epochs {args.ppo_epochs}, --per_device_generation_batch_size "
                             f"{args.per_device_generation_batch_size}, --per_device_training_batch_size "
                             f"{args.per_device_training_batch_size})")
-    engines = build_engines(args, tokenizer, updates // args.gradient_accumulation_steps)
-    generation = GenerationSettings(max_new_tokens=args.max_answer_seq_len, do_sample=not args.greedy_rollouts,
-                                    temperature=args.temperature, top_p=args.top_p)
-    timer = PhaseTimer()
-    settings = reward_settings(args)
-    maker = ExperienceMaker(engines, tokenizer, generation, settings, timer)
-    if args.resume:
-        run_state.load_resumable(engines, out, state["step"])
-        note_checkpoint(_resume_note(out, state["step"]))
-    updates_done = {name: finite.UpdateCounter(getattr(engines, name)) for name in ("actor", "critic")}
-    logger = Logger(args.enable_tensorboard, args.tensorboard_path, out)
-    log_file = out / run_state.LOG_FILE
+
+
+def _prepare_output(out: Path, resume: bool, resumed_step: int) -> None:
+    """Rank 0 marks the folder and cuts the log back to the resumed step (or clears an older run's state)."""
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         mark_output(out)
-        if args.resume:
-            run_state.truncate_log(log_file, state["step"])
+        if resume:
+            run_state.truncate_log(out / run_state.LOG_FILE, resumed_step)
         else:
             run_state.start_afresh(out)
     dist.barrier()
-    dist.print_rank0(f"step 3: {len(prompts)} prompts, {steps_per_epoch} rollout batches per epoch, {total_steps} steps, "
-                     f"alpha={args.alpha} ({args.align_reward_reduction}, {args.align_reward_scope}), "
-                     f"quality={args.quality_reward}")
-    start, buffer, step = time.time(), [], state["step"]
-    # rank 0 only, and quiet when stdout is not a terminal (tqdm's disable=None): logs keep their lines
-    bar = tqdm(total=total_steps, initial=step, desc="step 3 (PPO)", unit="step", disable=None if dist.is_main() else True)
-    epochs = -(-total_steps // steps_per_epoch)  # --max_steps may ask for more than --num_train_epochs
-    for epoch in range(epochs):
+
+
+def _batches(loader, steps_per_epoch: int, total_steps: int, done: int):
+    """``(epoch, batch)`` of every step still to run: the batches consumed before a resumed checkpoint are
+    skipped; --max_steps may ask for more epochs than --num_train_epochs."""
+    for epoch in range(-(-total_steps // steps_per_epoch)):
         loader.sampler.set_epoch(epoch)
         for index, batch in enumerate(loader):
-            if epoch * steps_per_epoch + index < state["step"]:
-                continue  # consumed before the resumed checkpoint
-            torch.manual_seed(args.seed + step * 1000 + dist.rank())  # resumable, rank-distinct sampling
-            golds = [row["answers"] for row in batch] if has_golds else None
-            maker.settings = replace(settings, scoring_weight=scoring_weight_at(
-                step, args.confidence_scoring_weight, args.confidence_scoring_warmup_steps))
-            buffer.append(_rollouts(maker, [row["prompt_ids"] for row in batch], golds, step + 1))
-            step += 1
-            bar.update(1)
-            if len(buffer) < args.generation_batches and step < total_steps:
-                continue
-            update_actor = step > args.freezing_actor_steps
-            first = step - len(buffer)  # experiences are numbered from 0 over the run: resumable ptx batches
-            with timer("training"):
-                losses = [ppo_update(engines, experience, args, update_actor, ptx, (first + i) * minibatches)
-                          for i, experience in enumerate(buffer)]
-            # every step, so NaN weights never reach a rollout or a resumable save
-            finite.require_finite_weights({"actor": engines.actor, "critic": engines.critic},
-                                          f"step 3, PPO step {step}", finite.PPO_HINT)
-            seconds = state["seconds"] + time.time() - start  # a resumed run counts the earlier runs' time
-            row = _record(buffer, losses, step, epoch, seconds)
-            buffer = []
-            finite.require_finite({k: row[k] for k in WATCHED if k in row}, f"step 3, PPO step {step}", finite.PPO_HINT)
-            logger.scalars(row, step, "train/")
-            if dist.is_main():
-                with log_file.open("a") as handle:
-                    handle.write(json.dumps(row) + "\n")
-            if step % args.log_interval == 0 or step == total_steps:
-                dist.print_rank0(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            if args.save_interval and step % args.save_interval == 0:
-                run_state.save_resumable(engines, out, {"step": step, "seconds": round(seconds, 1), "made_by": provenance},
-                                args.save_total_limit)
-                note_checkpoint(_resume_note(out, step))
-            if step >= total_steps:
-                break
-        if step >= total_steps:
-            break
-    bar.close()
-    logger.close()
-    finite.require_applied_updates(updates_done, "step 3", finite.PPO_HINT)
-    run_seconds, done = time.time() - start, step - state["step"]  # this run's steps (a resume skips some)
-    summary = {"steps": step, "seconds": round(state["seconds"] + run_seconds, 1), "run_seconds": round(run_seconds, 1),
-               "seconds_per_step": round(run_seconds / max(done, 1), 4), **timer.per_step(done),
-               "peak_gpu_memory_gib": peak_gpu_memory_gib()}
+            position = epoch * steps_per_epoch + index
+            if position >= done:
+                yield epoch, batch
+            if position + 1 >= total_steps:
+                return
+
+
+def _ppo_step(run: _Run, buffer: list[Experience], step: int, epoch: int) -> None:
+    """PPO on the buffered experience batches, then the checks, the log row and the resumable save of ``step``."""
+    args, engines = run.args, run.engines
+    update_actor = step > args.freezing_actor_steps
+    first = step - len(buffer)  # experiences are numbered from 0 over the run: resumable ptx batches
+    with run.timer("training"):
+        losses = [ppo_update(engines, experience, run.ppo, update_actor, run.ptx, (first + i) * run.minibatches)
+                  for i, experience in enumerate(buffer)]
+    # every step, so NaN weights never reach a rollout or a resumable save
+    finite.require_finite_weights({"actor": engines.actor, "critic": engines.critic},
+                                  f"step 3, PPO step {step}", finite.PPO_HINT)
+    seconds = run.state["seconds"] + time.time() - run.start  # a resumed run counts the earlier runs' time
+    row = _record(buffer, losses, step, epoch, seconds)
+    finite.require_finite({k: row[k] for k in WATCHED if k in row}, f"step 3, PPO step {step}", finite.PPO_HINT)
+    run.logger.scalars(row, step, "train/")
+    if dist.is_main():
+        with (run.out / run_state.LOG_FILE).open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+    if step % args.log_interval == 0 or step == run.total_steps:
+        dist.print_rank0(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    if args.save_interval and step % args.save_interval == 0:
+        run_state.save_resumable(engines, run.out, {"step": step, "seconds": round(seconds, 1),
+                                                    "made_by": run.provenance}, args.save_total_limit)
+        note_checkpoint(_resume_note(run.out, step))
+
+
+def _finish(run: _Run, step: int) -> dict:
+    """After the last step: the updates really applied, the actor and critic saved, the run's summary."""
+    run.logger.close()
+    finite.require_applied_updates(run.updates_done, "step 3", finite.PPO_HINT)
+    run_seconds, done = time.time() - run.start, step - run.state["step"]  # this run's steps (a resume skips some)
+    summary = {"steps": step, "seconds": round(run.state["seconds"] + run_seconds, 1),
+               "run_seconds": round(run_seconds, 1), "seconds_per_step": round(run_seconds / max(done, 1), 4),
+               **run.timer.per_step(done), "peak_gpu_memory_gib": peak_gpu_memory_gib()}
     for name in ("actor", "critic"):
-        folder = save_hf_checkpoint(getattr(engines, name), tokenizer, out / name, {**vars(args), "result": summary})
+        folder = save_hf_checkpoint(getattr(run.engines, name), run.tokenizer, run.out / name,
+                                    {**vars(run.args), "result": summary})
         dist.print_rank0(f"saved {name} to {folder}")
     if dist.is_main():
-        run_state.drop_earlier_run(out)
+        run_state.drop_earlier_run(run.out)
     dist.print_rank0(json.dumps({"step3": summary}))
     return summary
 
 
 def _rollouts(maker: ExperienceMaker, prompts: list, golds: list | None, step: int) -> Experience:
+    """The experience of PPO step ``step`` (0-based)."""
     try:
-        return maker.make(prompts, golds)
+        return maker.make(prompts, golds, step)
     except RuntimeError as err:  # torch's sampler refuses NaN/inf probabilities: huge but finite weights
         if "probability tensor contains" not in str(err):
             raise
-        raise TrainingDiverged(f"step 3, PPO step {step}: the actor's sampling probabilities hold NaN/inf: training "
-                               f"diverged, so no model is saved; {finite.PPO_HINT}") from None
+        raise TrainingDiverged(f"step 3, PPO step {step + 1}: the actor's sampling probabilities hold NaN/inf: "
+                               f"training diverged, so no model is saved; {finite.PPO_HINT}") from None
 
 
 def _resume_note(out: Path, step: int) -> str:

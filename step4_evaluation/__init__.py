@@ -1,7 +1,10 @@
 """Step 4: evaluation of stated confidence. ``python -m step4_evaluation.main`` (or ``run_step4.sh``).
 
-* ``main`` — the entry point; ``evaluate`` — the flags, one report row per checkpoint × benchmark × method
-  (generate, judge, score), the reports (results.md/csv/json) and the output folder.
+* ``main`` — the entry point; ``evaluate`` — the flags and the run: one report row per checkpoint × benchmark ×
+  method (generate, judge, score), adaptive retrieval, the output folder.
+* ``generation`` — greedy generation, cached per row so an interrupted run resumes.
+* ``judging`` — the judge each benchmark gets, its checks before generation, one judged record per question.
+* ``reports`` — a row's metrics (summary.json) and the tables over every row (results.md/csv/json).
 * ``benchmarks`` — TruthfulQA, NQ-open, the toy and facts worlds as plain records.
 * ``prompting`` — the prompting methods (zero-shot, Vanilla, Top-k, CoT): build the prompt, parse the answer.
 * ``judges`` — correctness without a model (exact match, token F1, TruthfulQA's metric); ``llm_judge`` — an

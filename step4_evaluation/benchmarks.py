@@ -12,7 +12,7 @@ Every loader returns a list of dicts with the keys
 * ``difficulty`` (str or None): the toy world's ``easy|medium|hard``, the facts world's popularity third
   ``low|mid|high``, None elsewhere;
 * toy world only, when present in the file: ``sft_count`` (how often the fact was seen in SFT); facts
-  world only: ``form`` and ``popularity`` (:mod:`utils.facts_world`).
+  world only: ``form`` and ``popularity`` (:mod:`worlds.facts_world`).
 
 Local files are read directly (through :mod:`utils.data`'s readers, no ``datasets`` cache) so that a bad
 row is reported as ``file:line``: an empty file, a byte that is not UTF-8, answers that are not a list of
@@ -191,3 +191,8 @@ def load_benchmark(name: str, path: str | None = None, max_examples: int | None 
         raise DataError(f"unknown benchmark {name!r}; choose one of {list(BENCHMARKS)}")
     records = LOADERS[key](path)
     return [records[i] for i in subset_indices(len(records), max_examples, seed)]
+
+
+def benchmark_kind(name: str) -> str:
+    """``toy/seen`` → ``toy``: the loader and judge of a labelled benchmark set (``--benchmarks KIND/LABEL=PATH``)."""
+    return name.split("/", 1)[0]

@@ -1,18 +1,16 @@
-"""Step 4: answer benchmark questions with a stated confidence, judge them, score calibration, compare.
+"""Step 4's run: the flags, then one *row* of the report per checkpoint × prompting method × benchmark.
 
-One *row* of the report is a checkpoint × prompting method × benchmark. For each row, under
-``<output_dir>/<checkpoint>/<benchmark>/<method>/``:
+For each row, under ``<output_dir>/<checkpoint>/<benchmark>/<method>/``:
 
-* ``generations.jsonl`` — raw generations, appended batch by batch (an interrupted run resumes);
-* ``predictions.jsonl`` — per example: question, answer, confidence, judge verdict and reason;
+* ``generations.jsonl`` — raw generations, appended batch by batch (an interrupted run resumes; see generation.py);
+* ``predictions.jsonl`` — per example: question, answer, confidence, judge verdict and reason (see judging.py);
 * ``summary.json`` and ``reliability.png`` (reliability diagram + confidence histogram); with ``--baselines``,
   ``reliability_<baseline>.png`` and the baselines' metrics on the same answers (see answer_logprob.py);
 * with ``--retrieval_corpus``: ``generations_rag.jsonl``, ``retrieval.json`` (accuracy and
   retrieval rate per threshold τ) and ``retrieval.png``.
 
-Over all rows evaluated into ``<output_dir>``, by this run and earlier ones (a row evaluated again
-replaces its earlier result): ``results.md``, ``results.csv`` and ``results.json``; the Markdown table is
-printed. One run at a time writes into an ``<output_dir>``.
+Then ``results.md``, ``results.csv`` and ``results.json`` over every row evaluated into ``<output_dir>`` (see
+reports.py); the Markdown table is printed. One run at a time writes into an ``<output_dir>``.
 
 With ``--dev_fraction``, each benchmark's dev questions are answered and judged too, but every reported
 metric is over the test questions; the dev ones fit ``--recalibrate`` and choose τ (see recalibration.py).
@@ -20,50 +18,38 @@ metric is over the test questions; the dev ones fit ``--recalibrate`` and choose
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
 import time
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import urlparse
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from step4_evaluation import judges
 from step4_evaluation.answer_logprob import BASELINES, answer_log_probs, carries_popularity, with_baseline
-from step4_evaluation.benchmarks import load_benchmark
-from step4_evaluation.confidence_readout import READOUTS, confidence_distributions, expected_confidence
-from step4_evaluation.metrics import auroc, confidence_and_correct, ece, summarize
+from step4_evaluation.benchmarks import benchmark_kind, load_benchmark
+from step4_evaluation.confidence_readout import READOUTS, confidence_distributions
+from step4_evaluation.generation import generate_missing, generation_source
+from step4_evaluation.judging import JUDGES, Judging, check_judging, judged_records
+from step4_evaluation.metrics import confidence_and_correct
 from step4_evaluation.plots import reliability_diagram
 from step4_evaluation.prompting import get_method
 from step4_evaluation.recalibration import RECALIBRATORS, check_recalibration_flags, dev_splits, split_summary
+from step4_evaluation.reports import Row, earlier_results, merge_results, summarize_records, write_json, write_reports
 from step4_evaluation.retrieval import BM25Retriever, load_passages, plot_sweep, tau_on_dev, threshold_sweep
 from utils.args import (Parser, add_bootstrap_arg, add_dtype_arg, add_missing_confidence_arg, add_n_bins_arg,
                         add_output_dir_arg, add_overwrite_output_dir_arg, add_seed_arg, env_var_name, non_negative_int,
                         positive_float, positive_int, share_below_one)
-from utils.confidence import ParsedConfidence, count_statuses
-from utils.data import encode_prompt
+from utils.collate import encode_prompt
+from utils.confidence import resolve_confidence
 from utils.errors import UserError
-from utils.files import (atomic_file, check_apart_from_inputs, check_output_folder, claim_output_folder, mark_output,
-                         output_lock)
-from utils.generation import GenerationSettings, generate, response_ids
-from utils.jsonl import json_safe, read_jsonl, write_jsonl
+from utils.files import check_apart_from_inputs, check_output_folder, claim_output_folder, mark_output, output_lock
+from utils.jsonl import write_jsonl
 from utils.model import (CAUSAL_LM, checked_tokenizer, create_causal_lm, require_checkpoint,
                          require_vocabulary_fits)
 from utils.profiling import peak_gpu_memory_gib
-from utils.training import batched, set_seed
+from utils.training import set_seed
 
-TABLE_COLUMNS = ("n", "accuracy", "ece", "auroc", "auroc_stated", "aurc", "pearson", "spearman", "brier",
-                 "parse_failure_rate")
-JUDGES = ("auto", "exact_match", "token_f1", "truthfulqa_reference", "llm")
 ACTORS = "step 1 or step 3 (they write actors)"
-RESULTS_JSON = "results.json"
-DIFFICULTY_KEYS = ("n", "accuracy", "auroc", "ece", "brier", "ci")  # of summarize, kept per difficulty level
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,18 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclass(frozen=True)
-class Row:
-    checkpoint: str
-    path: str
-    benchmark: str
-    method: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.checkpoint}/{self.benchmark}/{self.method}"
-
-
 def parse_named(specs: Sequence[str], flag: str, name_of_path=lambda p: Path(p).name) -> list[tuple[str, str | None]]:
     named = []
     for spec in specs:
@@ -147,11 +121,6 @@ def parse_named(specs: Sequence[str], flag: str, name_of_path=lambda p: Path(p).
     return named
 
 
-def benchmark_kind(name: str) -> str:
-    """``toy/seen`` → ``toy``: the loader and judge of a labelled benchmark set."""
-    return name.split("/", 1)[0]
-
-
 def checked_checkpoint(path: str):
     """An actor folder step 4 can evaluate, checked before any weights load: its own tokenizer, left-padded."""
     require_checkpoint(path, "--checkpoints", ACTORS, CAUSAL_LM, weights=True)
@@ -159,257 +128,6 @@ def checked_checkpoint(path: str):
     require_vocabulary_fits(path, "--checkpoints", tokenizer, path)
     return tokenizer
 
-
-# ---------------------------------------------------------------- generation (resumable)
-
-def generation_source(checkpoint: str, args: argparse.Namespace) -> str:
-    """What a cached response depends on: the checkpoint's files (name, size, modification time; a hub
-    name as given) and the generation flags. A retrained checkpoint or a regenerated world under the
-    same names must not be answered from an earlier run's cache."""
-    path = Path(checkpoint)
-    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else []
-    parts = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files] or [checkpoint]
-    parts += [f"max_new_tokens={args.max_new_tokens}", f"max_prompt_len={args.max_prompt_len}", f"dtype={args.dtype}"]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def generate_missing(model, tokenizer, prompts: dict[str, str], file: Path, batch_size: int,
-                     max_new_tokens: int, max_prompt_len: int, desc: str, source: str,
-                     special_tokens: bool = True) -> dict[str, str]:
-    """Greedy responses for the prompts not yet in ``file`` (appended as each batch finishes); all responses.
-
-    A cached response is reused only for the same prompt and the same ``source`` (see
-    :func:`generation_source`); other lines stay in the file, unused. ``special_tokens=False`` for
-    chat-templated prompts, which already hold their BOS."""
-    done = {r["id"]: r["response"] for r in (read_jsonl(file) if file.is_file() else [])
-            if r.get("source") == source and r.get("prompt") == prompts.get(r["id"])}
-    todo = [(i, p) for i, p in prompts.items() if i not in done]
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=False)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    with file.open("a", encoding="utf-8") as out, tqdm(total=len(todo), desc=desc, disable=None) as bar:
-        for chunk in batched(todo, batch_size):
-            ids = [encode_prompt(tokenizer, p, max_prompt_len, special_tokens) for _, p in chunk]
-            sequences, mask, width = generate(model, ids, settings, tokenizer.pad_token_id, tokenizer.eos_token_id)
-            for (qid, prompt), resp in zip(chunk, response_ids(sequences, mask, width)):
-                done[qid] = tokenizer.decode(resp, skip_special_tokens=True)
-                out.write(json.dumps({"id": qid, "prompt": prompt, "response": done[qid], "source": source}) + "\n")
-            out.flush()
-            bar.update(len(chunk))
-    return done
-
-
-# ---------------------------------------------------------------- judging
-
-def judge_name(judge: str, benchmark: str) -> str:
-    """The judge ``--judge`` picks for ``benchmark``."""
-    if judge != "auto":
-        return judge
-    return "truthfulqa_reference" if benchmark_kind(benchmark) == "truthfulqa" else "exact_match"
-
-
-def check_judging(args: argparse.Namespace, questions: dict[str, list[dict]]) -> None:
-    """What the judges need, refused before any generation (judging comes after it)."""
-    for benchmark, items in questions.items():
-        if judge_name(args.judge, benchmark) == "truthfulqa_reference" and any(not q.get("incorrect_answers")
-                                                                              for q in items):
-            raise UserError(f"--judge truthfulqa_reference needs incorrect reference answers, which --benchmarks "
-                            f"{benchmark} does not have; use exact_match, token_f1 or llm")
-    if args.judge != "llm":
-        return
-    from step4_evaluation.llm_judge import api_key
-
-    url = urlparse(args.judge_base_url) if args.judge_base_url is not None else None
-    if url is not None and (url.scheme not in ("http", "https") or not url.netloc):  # else: every request fails
-        raise UserError(f"--judge_base_url {args.judge_base_url}: not an http(s) URL; give the judge server's "
-                        "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
-    try:
-        api_key(args.judge_api_key_env)
-    except ValueError as err:
-        raise UserError(f"--judge llm: {err}; export it, or name another with --judge_api_key_env") from None
-
-
-class Judging:
-    """Chooses the judge per benchmark and runs it; LLM verdicts are cached on disk by the judge."""
-
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.llm = self._llm_judge() if args.judge == "llm" else None
-
-    def name(self, benchmark: str) -> str:
-        return judge_name(self.args.judge, benchmark)
-
-    def verdicts(self, benchmark: str, questions: list[dict], answers: list[str]) -> list[judges.Verdict]:
-        name = self.name(benchmark)
-        benchmark = benchmark_kind(benchmark)
-        if name == "llm":
-            task = "truthfulqa" if benchmark == "truthfulqa" else "qa"
-            items = [{"question": q["question"], "prediction": a, "correct_answers": q["answers"],
-                      "incorrect_answers": q.get("incorrect_answers") or [], "task": task}
-                     for q, a in zip(questions, answers)]
-            return self.llm.judge_many(items)
-        if name == "truthfulqa_reference":  # check_judging made sure of the incorrect answers
-            return [judges.judge_truthfulqa_reference(a, q["answers"], q.get("incorrect_answers") or [],
-                                                      metric=self.args.truthfulqa_metric)
-                    for q, a in zip(questions, answers)]
-        single = judges.judge_token_f1 if name == "token_f1" else judges.judge_exact_match
-        return [single(a, q["answers"]) for q, a in zip(questions, answers)]
-
-    def _llm_judge(self):
-        from step4_evaluation.llm_judge import LLMJudge
-
-        try:
-            return LLMJudge(base_url=self.args.judge_base_url, model=self.args.judge_model,
-                            api_key_env=self.args.judge_api_key_env,
-                            cache_path=self.args.judge_cache or Path(self.args.output_dir) / "judge_cache.jsonl",
-                            max_concurrency=self.args.judge_concurrency,
-                            max_retries=self.args.judge_max_retries, timeout=self.args.judge_timeout)
-        except ValueError as err:
-            raise UserError(f"--judge llm: {err}") from None
-
-
-def judged_records(questions: list[dict], responses: dict[str, str], method, verdicts_of,
-                   distributions: dict[str, list[float]] | None = None) -> list[dict]:
-    """One record per question. With ``distributions`` (the expected readout), ``confidence`` is the mean of
-    the response's distribution and ``stated_confidence`` the number it wrote."""
-    parsed = {q["id"]: method.parse(responses[q["id"]]) for q in questions}
-    verdicts = verdicts_of([parsed[q["id"]].answer for q in questions])
-    records = []
-    for q, verdict in zip(questions, verdicts):
-        p = parsed[q["id"]]
-        record = {"id": q["id"], "question": q["question"], "response": responses[q["id"]],
-                  "answer": p.answer, "confidence": p.confidence.value, "confidence_status": p.confidence.status,
-                  "correct": None if verdict.correct is None else int(verdict.correct),
-                  "judge": verdict.judge, "judge_status": verdict.status, "judge_score": verdict.score,
-                  "judge_reason": verdict.reason, "gold": q["answers"], "difficulty": q.get("difficulty")}
-        if q.get("popularity") is not None:
-            record["popularity"] = q["popularity"]
-        if distributions is not None:
-            distribution = distributions.get(q["id"])
-            record.update(stated_confidence=p.confidence.value, confidence_distribution=distribution,
-                          confidence=None if distribution is None else expected_confidence(distribution))
-        records.append(record)
-    return records
-
-
-# ---------------------------------------------------------------- metrics and reports
-
-def confidence_summary(judged: list[dict], args: argparse.Namespace) -> dict[str, Any]:
-    """:func:`summarize` of the judged records' ``confidence``, and inside each difficulty level its n, accuracy,
-    mean confidence, AUROC, ECE, Brier and their bootstrap intervals (``ci``, with ``--bootstrap`` > 0)."""
-    summary_of = partial(summarize, missing_confidence=args.missing_confidence, n_bins=args.n_bins,
-                         bootstrap=args.bootstrap, seed=args.seed)
-    summary = summary_of(judged)
-    summary["by_difficulty"] = {}
-    for level in sorted({r["difficulty"] for r in judged if r.get("difficulty")}):
-        group = [r for r in judged if r.get("difficulty") == level]
-        conf, _ = confidence_and_correct(group, args.missing_confidence)
-        summary["by_difficulty"][level] = {"mean_confidence": float(conf.mean()),
-                                           **{k: v for k, v in summary_of(group).items() if k in DIFFICULTY_KEYS}}
-    return summary
-
-
-def summarize_records(records: list[dict], args: argparse.Namespace, baselines: Sequence[str] = ()) -> dict[str, Any]:
-    """Metrics over judged examples (failed judgments excluded and counted), plus the view per difficulty; the
-    same with each of ``baselines`` as the confidence under ``baselines``."""
-    judged = [r for r in records if r["correct"] is not None]
-    if not judged:
-        first = f" ({records[0]['judge_reason']})" if records else ""
-        raise UserError(f"no example could be judged{first}; see judge_reason in predictions.jsonl and rerun once the "
-                        "judge works (generations are cached)")
-    summary = confidence_summary(judged, args)
-    summary["judge_failures"] = len(records) - len(judged)
-    # the missing-confidence policy can make AUROC (a model that drops the confidence on the answers it
-    # gets wrong scores well): report it also over the answers that state one
-    stated = [r for r in judged if r["confidence"] is not None]
-    summary["n_stated"] = len(stated)
-    summary["auroc_stated"] = auroc(*confidence_and_correct(stated, args.missing_confidence)) if stated else float("nan")
-    summary["confidence_statuses"] = count_statuses(_parsed(r) for r in judged)
-    summary["confidence_readout"] = args.confidence_readout
-    if args.confidence_readout != "stated":  # the paper's readout beside it, on the same answers
-        stated_conf, stated_corr = confidence_and_correct([{**r, "confidence": r["stated_confidence"]} for r in judged],
-                                                          args.missing_confidence)
-        summary["stated_readout"] = {"ece": ece(stated_conf, stated_corr, args.n_bins),
-                                     "auroc": auroc(stated_conf, stated_corr)}
-    summary["baselines"] = {name: confidence_summary(with_baseline(judged, name), args) for name in baselines}
-    return summary
-
-
-def _parsed(record: dict) -> ParsedConfidence:
-    return ParsedConfidence(record["confidence"], record["confidence_status"])
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomic: a reader never sees half a file. NaN is written as null."""
-    with atomic_file(path) as handle:
-        handle.write(json.dumps(json_safe(data), indent=2))
-
-
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "n/a"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def results_table(summaries: dict[Row, dict]) -> tuple[list[str], list[list[str]]]:
-    levels = sorted({lvl for s in summaries.values() for lvl in s.get("by_difficulty", {})})
-    recalibrated = any("ece_recalibrated" in s for s in summaries.values())  # else the table stays as it was
-    columns = (*TABLE_COLUMNS, *(["ece_recalibrated"] if recalibrated else []))
-    header = ["checkpoint", "benchmark", "method", *columns, "judge",
-              *(f"acc/conf/auroc {lvl}" for lvl in levels)]
-    rows = []
-    for row, s in summaries.items():
-        # each baseline right after its row: the same answers and verdicts with another confidence
-        for method, summary in [(row.method, s), *((f"{row.method}+{name}", b) for name, b in
-                                                   s.get("baselines", {}).items())]:
-            by_difficulty = summary.get("by_difficulty", {})
-            by_level = ["/".join(_cell(by_difficulty[lvl][k]) for k in ("accuracy", "mean_confidence", "auroc"))
-                        if lvl in by_difficulty else "n/a" for lvl in levels]
-            # .get: an earlier run's row may predate a column
-            rows.append([row.checkpoint, row.benchmark, method, *(_cell(summary.get(c)) for c in columns),
-                         s["judge"], *by_level])
-    return header, rows
-
-
-def write_reports(out_dir: Path, summaries: dict[Row, dict], n_bins: int) -> str:
-    header, rows = results_table(summaries)
-    markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
-                         ["| " + " | ".join(r) + " |" for r in rows])
-    bins = " or ".join(str(b) for b in sorted({s.get("n_bins", n_bins) for s in summaries.values()}))
-    (out_dir / "results.md").write_text(
-        markdown + f"\n\nECE: {bins} equal-width bins, every confidence in exactly one bin (0.0 in the first, 1.0 in "
-        "the last); missing confidences are filled with --missing_confidence and counted in parse_failure_rate.\n")
-    with (out_dir / "results.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows([header, *rows])
-    write_json(out_dir / RESULTS_JSON, {row.key: s for row, s in summaries.items()})
-    return markdown
-
-
-def earlier_results(out_dir: Path) -> dict[Row, dict]:
-    """The rows earlier runs evaluated into ``out_dir`` (its results.json), in their order."""
-    file = out_dir / RESULTS_JSON
-    if not file.is_file():
-        return {}
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-        # a key is CHECKPOINT/BENCHMARK/METHOD, where names may hold "/": the name is what precedes the rest
-        return {Row(key.removesuffix(f"/{s['benchmark']}/{s['method']}"), s["checkpoint"], s["benchmark"],
-                    s["method"]): s for key, s in data.items()}
-    except json.JSONDecodeError as err:
-        problem = f"{file}:{err.lineno}: not valid JSON ({err.msg})"
-    except (ValueError, KeyError, TypeError, AttributeError):
-        problem = f"{file}: not the results.json step 4 writes"
-    raise UserError(f"--output_dir {out_dir}: {problem}; move it away, and results.* start afresh with this run")
-
-
-def merge_results(earlier: dict[Row, dict], current: dict[Row, dict]) -> dict[Row, dict]:
-    """Every row evaluated into the folder: earlier rows in their order, this run's replacing the same keys in
-    place and new ones appended."""
-    merged = {row.key: (row, s) for row, s in earlier.items()}
-    merged.update({row.key: (row, s) for row, s in current.items()})
-    return dict(merged.values())
-
-
-# ---------------------------------------------------------------- the run
 
 def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Judging, args, retriever,
                  dev: set[str]) -> dict:
@@ -486,7 +204,7 @@ def adaptive_retrieval(row: Row, model, tokenizer, questions, records, method, j
 
 def gated(pairs: list[tuple[dict, dict]], missing_confidence: float) -> tuple[list[float], list[int], list[int]]:
     """(confidence, correct without retrieval, correct with it) of (record, retrieval record) pairs."""
-    conf = [missing_confidence if r["confidence"] is None else r["confidence"] for r, _ in pairs]
+    conf = [resolve_confidence(r["confidence"], missing_confidence) for r, _ in pairs]
     return conf, [r["correct"] for r, _ in pairs], [g["correct"] for _, g in pairs]
 
 

@@ -20,7 +20,8 @@ AURC ties           expected AURC over a uniformly random order inside each
 PRR                 (AURC_random - AURC) / (AURC_random - AURC_oracle) with
                     AURC_random = error rate, oracle = all correct ranked first
 Missing confidence  ``summarize`` fills None/NaN with ``missing_confidence``
-                    (default 0.0: no stated confidence = no confidence), uses
+                    (default 0.0: no stated confidence = no confidence)
+                    through :func:`utils.confidence.resolve_confidence`, uses
                     the filled value in every metric, and reports the share of
                     missing values as ``parse_failure_rate``
 NaN results         auroc: one class only; prr: all correct or all wrong;
@@ -54,7 +55,7 @@ from scipy import stats
 from sklearn.metrics import brier_score_loss
 
 from utils.args import Parser, add_bootstrap_arg, add_missing_confidence_arg, add_n_bins_arg, add_seed_arg
-from utils.confidence import MISSING_CONFIDENCE
+from utils.confidence import MISSING_CONFIDENCE, resolve_confidence
 from utils.errors import UserError
 from utils.jsonl import json_lines, json_safe
 
@@ -302,15 +303,16 @@ def _stated_and_correct(records_or_arrays: Any) -> tuple[np.ndarray, np.ndarray]
     return stated, np.array([y for _, y in parsed], dtype=int)
 
 
-def _fill_missing(stated: np.ndarray, missing_confidence: float) -> np.ndarray:
-    return np.where(np.isnan(stated), missing_confidence, stated)
+def _resolve_each(stated: np.ndarray, missing_confidence: float) -> np.ndarray:
+    """:func:`resolve_confidence` of each stated confidence (NaN: missing)."""
+    return np.array([resolve_confidence(c, missing_confidence) for c in stated], dtype=float)
 
 
 def confidence_and_correct(records: Iterable[Mapping[str, Any]],
                            missing_confidence: float = MISSING_CONFIDENCE_DEFAULT) -> tuple[np.ndarray, np.ndarray]:
     """``(confidence, correct)`` arrays of records, missing confidences filled as :func:`summarize` does."""
     stated, correct = _stated_and_correct(list(records))
-    return _fill_missing(stated, missing_confidence), correct
+    return _resolve_each(stated, missing_confidence), correct
 
 
 def summarize(
@@ -340,7 +342,7 @@ def summarize(
     if stated.size == 0:
         raise ValueError("no examples to summarize")
     missing = np.isnan(stated)
-    conf, corr = _validate(_fill_missing(stated, missing_confidence), correct)
+    conf, corr = _validate(_resolve_each(stated, missing_confidence), correct)
     pearson_r, pearson_p = pearson(conf, corr)
     spearman_r, spearman_p = spearman(conf, corr)
     summary: dict[str, Any] = {

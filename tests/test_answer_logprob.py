@@ -10,9 +10,9 @@ import torch
 from step4_evaluation.answer_logprob import (answer_log_probs, answer_span, baseline_confidence, carries_popularity,
                                              with_baseline)
 from step4_evaluation.prompting import get_method
-from utils.data import encode_prompt
+from utils.collate import encode_prompt
 from utils.prompts import build_prompt
-from utils.toy_world import create_tiny_llama
+from worlds.toy_world import create_tiny_llama
 
 
 @pytest.mark.parametrize("method, response, span", [

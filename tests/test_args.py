@@ -191,5 +191,5 @@ def test_every_parser_refuses_abbreviations():
     ``allow_abbrev=False`` itself."""
     plain = [where for where, node in _parser_calls()
              if not any(k.arg == "allow_abbrev" and getattr(k.value, "value", True) is False for k in node.keywords)
-             and not where.startswith("utils/download.py")]  # its subparsers are Parsers
+             and not where.startswith("tools/download.py")]  # its subparsers are Parsers
     assert plain == []

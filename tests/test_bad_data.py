@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from step4_evaluation.benchmarks import load_nq_open, load_toy, load_truthfulqa
-from utils.data import DataError, load_phase_data, load_split
+from utils.data import DataError, load_split
+from utils.data_split import load_phase_data
 
 STEP1, STEP2, STEP3 = ("prompt", "response"), ("prompt", "chosen", "rejected"), ("prompt",)
 GOOD = {"prompt": "Q?", "response": " a", "chosen": " a", "rejected": " b", "answers": ["a"]}
@@ -300,7 +301,7 @@ def tiny_models(tmp_path_factory, toy_tokenizer) -> dict[str, Path]:
     from transformers import AutoModelForSequenceClassification, LlamaConfig
 
     from utils.model import save_hf_checkpoint
-    from utils.toy_world import create_tiny_llama
+    from worlds.toy_world import create_tiny_llama
 
     root = tmp_path_factory.mktemp("bad_data_models")
     lm = create_tiny_llama(toy_tokenizer, hidden_size=32, num_layers=1, num_heads=2)

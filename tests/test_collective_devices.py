@@ -56,12 +56,13 @@ def test_dist_helpers_move_cpu_inputs_to_the_communication_device(nccl):
 
 def test_step3_alignment_reward_gather(nccl):
     """R_A over all ranks' rollouts: quality and confidence are built on the CPU."""
-    from step3_RL_finetune_LLM.experience import RewardSettings, scoped_dual_reward
+    from utils.reward import RewardSettings, dual_reward
 
-    settings = RewardSettings(alpha=0.5, scope="global", reduction="mean", clip=5.0, quality="oracle",
-                              score_with_confidence=False, missing_confidence=0.0, kl_ctl=0.1, gamma=1.0, lam=0.95)
+    settings = RewardSettings(alpha=0.5, align_reward_scope="global", align_reward_reduction="mean",
+                              clip_reward_value=5.0, quality_reward="oracle", score_with_confidence=False,
+                              missing_confidence=0.0)
     with pytest.raises(ReachedCollective):
-        scoped_dual_reward(torch.tensor([1.0, 0.0]), torch.tensor([0.9, 0.2]), settings)
+        dual_reward(torch.tensor([1.0, 0.0]), torch.tensor([0.9, 0.2]), settings, step=0)
 
 
 def test_step3_logged_means(nccl):

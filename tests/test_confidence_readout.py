@@ -10,12 +10,13 @@ import torch
 from step4_evaluation.benchmarks import load_benchmark
 from step4_evaluation.confidence_readout import (CONFIDENCE_GRID, candidates, expected_confidence,
                                                  grid_log_probs)
-from step4_evaluation.evaluate import build_parser, generation_source, run
+from step4_evaluation.evaluate import build_parser, run
+from step4_evaluation.generation import generation_source
+from utils.collate import encode_prompt
 from utils.confidence import confidence_value_start
-from utils.data import encode_prompt
 from utils.model import create_causal_lm, save_hf_checkpoint
 from utils.prompts import build_prompt
-from utils.toy_world import create_tiny_llama
+from worlds.toy_world import create_tiny_llama
 
 
 @pytest.mark.parametrize("text, value", [(" blue\n### Confidence: 0.6", "0.6"), (" x\n### Confidence:.9", ".9"),

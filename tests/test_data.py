@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from utils.data import (IGNORE_INDEX, DataError, collate_prompts, collate_sft, load_phase_data, load_split,
-                        pad_batch, phase_indices, sft_features)
+from utils.collate import IGNORE_INDEX, collate_prompts, collate_sft, pad_batch, sft_features
+from utils.data import DataError, load_split
+from utils.data_split import load_phase_data, phase_indices
 
 REQUIRED = ("prompt", "response")
 

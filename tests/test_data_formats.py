@@ -10,10 +10,11 @@ from pathlib import Path
 import datasets
 import pytest
 
-from utils.data import DataError, load_phase_data, load_split, phase_indices
+from utils.data import DataError, load_split
 from utils.data_cache import cache_folder, cached_dataset, data_fingerprint
 from utils.data_formats import (CANONICAL, HH_RLHF, RM_STATIC, detect_format, hub_format, split_dialogue,
                                 split_hub_name)
+from utils.data_split import load_phase_data, phase_indices
 from utils.jsonl import json_lines
 
 HH_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"

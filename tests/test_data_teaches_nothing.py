@@ -16,7 +16,8 @@ import pytest
 from step4_evaluation.benchmarks import load_toy
 from tests.test_nq_world import HH, NQ, SMALL
 from tests.test_run_state import _ppo, tiny_model  # noqa: F401  (a fixture)
-from utils.data import DataError, load_phase_data, load_split
+from utils.data import DataError, load_split
+from utils.data_split import load_phase_data
 
 STEP1, STEP2 = ("prompt", "response"), ("prompt", "chosen", "rejected")
 PROMPT = "### Question: q?\n### Answer:"
@@ -120,7 +121,7 @@ def test_the_toy_world_passes_every_check(toy_world_dir, capsys):
 
 
 def test_the_nq_world_passes_every_check(tmp_path, capsys):
-    from utils.nq_world import generate
+    from worlds.nq_world import generate
 
     if not (NQ.is_file() and HH.is_file()):
         pytest.skip(f"{NQ} or {HH} absent")

@@ -1,4 +1,4 @@
-"""``python -m utils.download``, with the hub stubbed at ``huggingface_hub.snapshot_download`` (no network)."""
+"""``python -m tools.download``, with the hub stubbed at ``huggingface_hub.snapshot_download`` (no network)."""
 from __future__ import annotations
 
 import fnmatch
@@ -14,7 +14,7 @@ from huggingface_hub import constants
 from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled,
                                     RepositoryNotFoundError)
 
-from utils.download import main
+from tools.download import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -118,7 +118,7 @@ def test_offline_mode_says_what_to_place_where_without_calling_the_hub(online, m
 
 def test_offline_cli_exits_2_with_one_line(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run([sys.executable, "-m", "utils.download", "model", "meta-llama/Llama-2-7b-hf"],
+    proc = subprocess.run([sys.executable, "-m", "tools.download", "model", "meta-llama/Llama-2-7b-hf"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

@@ -13,7 +13,7 @@ from step4_evaluation.benchmarks import load_benchmark
 from step4_evaluation.evaluate import build_parser, run
 from utils.errors import UserError
 from utils.model import save_hf_checkpoint
-from utils.toy_world import create_tiny_llama
+from worlds.toy_world import create_tiny_llama
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRUTHFULQA, NQ = SHARED / "TruthfulQA.csv", SHARED / "NQ-open.dev.jsonl"
@@ -80,7 +80,7 @@ def test_llm_judge_outage_exits_and_resumes_from_the_cache(tmp_path, tiny_checkp
 
 
 def test_auroc_over_stated_confidences_ignores_the_missing_ones():
-    from step4_evaluation.evaluate import summarize_records
+    from step4_evaluation.reports import summarize_records
 
     args = build_parser().parse_args(["--checkpoints", "x", "--bootstrap", "0"])
     # two wrong answers drop their confidence: with missing = 0.0 they make AUROC look perfect
@@ -297,8 +297,8 @@ def _facts_file(folder: Path) -> Path:
 
 def test_baselines_score_the_same_answers_and_follow_their_row(tmp_path, tiny_checkpoint, toy_tokenizer):
     from step4_evaluation.answer_logprob import answer_log_probs
-    from step4_evaluation.evaluate import earlier_results
-    from utils.data import encode_prompt
+    from step4_evaluation.reports import earlier_results
+    from utils.collate import encode_prompt
     from utils.model import create_causal_lm
     from utils.prompts import build_prompt
 
@@ -336,7 +336,7 @@ def test_baselines_score_the_same_answers_and_follow_their_row(tmp_path, tiny_ch
 
 
 def test_per_difficulty_intervals_only_with_bootstrap():
-    from step4_evaluation.evaluate import summarize_records
+    from step4_evaluation.reports import summarize_records
 
     records = [{"confidence": c, "confidence_status": "ok", "correct": y, "difficulty": d}
                for c, y, d in [(0.9, 1, "easy"), (0.2, 0, "easy"), (0.6, 1, "easy"), (0.5, 0, "hard"),

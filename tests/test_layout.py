@@ -1,4 +1,5 @@
-"""The layout rules: a step never imports another step (what they share lives in ``utils/``), and each
+"""The layout rules: a step never imports another step (what they share lives in ``utils/``), ``utils/`` is
+library only (commands live in ``tools/``), ``worlds/`` and ``tools/`` never import a step, and each
 command-line flag is defined once (a flag several parsers take has its one definition in ``utils/args.py``)."""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("step1_supervised_finetuning_LM", "step2_reward_model", "step3_RL_finetune_LLM", "step4_evaluation")
+NOT_STEPS = ("worlds", "tools")  # below the steps: the data generators and the one-off commands
 
 
 def _imported_modules(file: Path) -> set[str]:
@@ -37,6 +39,33 @@ def test_the_check_sees_a_cross_step_import(tmp_path):
     assert "step4_evaluation.judges" in _imported_modules(file)
 
 
+def test_worlds_and_tools_never_import_a_step():
+    offences = [f"{file.relative_to(ROOT)} imports {module}" for folder in NOT_STEPS
+                for file in sorted((ROOT / folder).rglob("*.py")) for module in _imported_modules(file)
+                if module.split(".")[0] in STEPS]
+    assert offences == []
+
+
+def _is_command(file: Path) -> bool:
+    """The module has a top-level ``if __name__ == "__main__":`` block."""
+    return any(isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+               and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"
+               and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators)
+               for node in ast.parse(file.read_text()).body)
+
+
+def test_utils_is_library_only():
+    commands = [str(file.relative_to(ROOT)) for file in sorted((ROOT / "utils").rglob("*.py")) if _is_command(file)]
+    assert commands == [], "move the command to tools/ (its library part stays in utils/)"
+
+
+def test_the_check_sees_a_command(tmp_path):
+    command, library = tmp_path / "command.py", tmp_path / "library.py"
+    command.write_text('def main():\n    pass\n\n\nif __name__ == "__main__":\n    main()\n')
+    library.write_text('def main():\n    return __name__ == "__main__"\n')
+    assert _is_command(command) and not _is_command(library)
+
+
 def _flag_text(node: ast.expr) -> str | None:
     """The flag string an argument spells: a literal, or an f-string's template (``--{prefix}lora_dim``)."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -60,7 +89,7 @@ def _flag_definitions(files: list[Path]) -> dict[str, list[str]]:
 
 
 def test_each_flag_is_defined_once():
-    files = [file for folder in ("utils", *STEPS) for file in sorted((ROOT / folder).rglob("*.py"))]
+    files = [file for folder in ("utils", *NOT_STEPS, *STEPS) for file in sorted((ROOT / folder).rglob("*.py"))]
     twice = {flag: where for flag, where in _flag_definitions(files).items() if len(where) > 1}
     assert twice == {}, "define a shared flag once in utils/args.py and call it from each parser"
 

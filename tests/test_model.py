@@ -145,7 +145,7 @@ def test_zero3_construction_partitions_the_weights(tmp_path, toy_tokenizer):
     import sys
     from pathlib import Path
 
-    from utils.toy_world import create_tiny_llama
+    from worlds.toy_world import create_tiny_llama
 
     save_hf_checkpoint(create_tiny_llama(toy_tokenizer, hidden_size=32, num_layers=1), toy_tokenizer, tmp_path / "m")
     script = f"""

@@ -14,7 +14,7 @@ from step3_RL_finetune_LLM.trainer import build_parser
 from utils.errors import UserError
 from utils.model import (CAUSAL_LM, REWARD_MODEL, checked_tokenizer, load_tokenizer, require_checkpoint,
                          require_vocabulary_fits, save_hf_checkpoint)
-from utils.toy_world import create_tiny_llama
+from worlds.toy_world import create_tiny_llama
 
 
 def _reward_model(tokenizer, vocab_size: int | None = None):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from utils.data import DataError
-from utils.nq_world import NQWorldConfig, generate, read_nq_open, wh_word
 from utils.prompts import QUESTION_TAG
+from worlds.nq_world import NQWorldConfig, generate, read_nq_open, wh_word
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

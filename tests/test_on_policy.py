@@ -9,13 +9,15 @@ import torch
 from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM, OPTConfig
 
 from step3_RL_finetune_LLM import experience as experience_module
-from step3_RL_finetune_LLM.experience import ExperienceMaker, RewardSettings
+from step3_RL_finetune_LLM.experience import ExperienceMaker
+from step3_RL_finetune_LLM.ppo import PPOSettings
 from step3_RL_finetune_LLM.trainer import build_parser
+from utils.collate import pad_batch
 from utils.confidence import confidence_cut_index, extract_answer
-from utils.data import pad_batch
 from utils.generation import GenerationSettings
 from utils.lora import convert_linear_to_lora, lora_fused, lora_layers
 from utils.model import _no_dropout
+from utils.reward import RewardSettings
 
 REQUIRED = ["--data_path", "data/step3", "--actor_model_name_or_path", "actor",
             "--critic_model_name_or_path", "critic", "--output_dir", "out"]
@@ -53,12 +55,14 @@ def _maker_on(rollouts: list[str], tokenizer, monkeypatch, penalty: float) -> di
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=tokenizer.eos_token_id))
     engine = SimpleNamespace(device=torch.device("cpu"), module=model, eval=lambda: None)
     engines = SimpleNamespace(actor=engine, critic=engine, ref=engine)
-    settings = RewardSettings(alpha=0.0, scope="device", reduction="mean", clip=5.0, quality="oracle",
-                              score_with_confidence=False, missing_confidence=0.0, kl_ctl=0.0, gamma=1.0, lam=1.0,
-                              missing_eos_penalty=penalty)
-    maker = ExperienceMaker(engines, tokenizer, GenerationSettings(max_new_tokens=8), settings)
+    rewarding = RewardSettings(alpha=0.0, align_reward_scope="device", align_reward_reduction="mean",
+                               clip_reward_value=5.0, quality_reward="oracle", score_with_confidence=False,
+                               missing_confidence=0.0, missing_eos_penalty=penalty)
+    ppo = PPOSettings(kl_ctl=0.0, gamma=1.0, lam=1.0, cliprange=0.2, cliprange_value=0.2, whiten_advantages=False,
+                      ppo_epochs=1, per_device_training_batch_size=len(rollouts), unsup_coef=0.0)
+    maker = ExperienceMaker(engines, tokenizer, GenerationSettings(max_new_tokens=8), rewarding, ppo)
     made = maker._experience([prompt] * len(rollouts), [["Paris"]] * len(rollouts), sequences, attention_mask,
-                             width, zeros)
+                             width, zeros, step=0)
     rows = torch.arange(len(rollouts))
     last = attention_mask[:, width:].sum(1) - 1
     return {"reward": (made.returns[rows, last]).tolist(), "stats": made.stats}
@@ -100,7 +104,7 @@ def test_dropout_off_means_every_dropout_key_the_config_has(config):
 def tiny_model(tmp_path_factory, toy_tokenizer):
     """A one-layer Llama: step 1's output and (its head fresh) the critic's start."""
     from utils.model import save_hf_checkpoint
-    from utils.toy_world import create_tiny_llama
+    from worlds.toy_world import create_tiny_llama
 
     return save_hf_checkpoint(create_tiny_llama(toy_tokenizer, hidden_size=32, num_layers=1, num_heads=2),
                               toy_tokenizer, tmp_path_factory.mktemp("on_policy") / "tiny")

@@ -2,7 +2,6 @@
 stays on-policy (the sampler's log-probs, the routed terms kept out of whitening, reshuffled PPO epochs)."""
 from __future__ import annotations
 
-import argparse
 import math
 from types import SimpleNamespace
 
@@ -12,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from step3_RL_finetune_LLM import trainer
 from step3_RL_finetune_LLM.experience import Experience, ExperienceMaker
-from step3_RL_finetune_LLM.ppo import (actor_loss, critic_loss, gae, last_token_index,
+from step3_RL_finetune_LLM.ppo import (PPOSettings, actor_loss, critic_loss, gae, last_token_index,
                                        masked_mean, token_rewards, whiten)
 from utils.generation import GenerationSettings
 from utils.model import gather_log_probs
@@ -139,7 +138,8 @@ def test_stored_old_log_probs_are_the_samplers(temperature):
     engines = SimpleNamespace(actor=SimpleNamespace(module=model, device=torch.device("cpu"),
                                                     zero_optimization_stage=lambda: 0))
     maker = ExperienceMaker(engines, SimpleNamespace(pad_token_id=0, eos_token_id=2),
-                            GenerationSettings(max_new_tokens=6, temperature=temperature), settings=None)
+                            GenerationSettings(max_new_tokens=6, temperature=temperature), reward_settings=None,
+                            ppo_settings=None)
     sequences, attention_mask, width, log_probs = maker.rollout([[5, 9, 13], [7, 21, 3, 4, 60]])
     response, mask = sequences[:, width:], attention_mask[:, width:].bool()
     sampler = sampled[0].gather(-1, response[..., None]).squeeze(-1)
@@ -168,9 +168,10 @@ def _update(monkeypatch, experience: Experience, **flags) -> list[dict]:
     monkeypatch.setattr(trainer, "response_values", lambda critic, seq, am, width: zeros(seq))
     monkeypatch.setattr(trainer, "actor_loss", lambda lp, old, advantages, mask, clip:
                         seen[-1].update(advantages=advantages) or torch.tensor(0.0))
-    args = argparse.Namespace(**{"whiten_advantages": False, "ppo_epochs": 1, "per_device_training_batch_size": 2,
-                                 "cliprange": 0.2, "cliprange_value": 0.2, **flags})
-    trainer.ppo_update(SimpleNamespace(actor=_Engine(), critic=_Engine()), experience, args)
+    ppo = PPOSettings(**{"kl_ctl": 0.1, "gamma": 1.0, "lam": 0.95, "whiten_advantages": False, "ppo_epochs": 1,
+                         "per_device_training_batch_size": 2, "cliprange": 0.2, "cliprange_value": 0.2,
+                         "unsup_coef": 0.0, **flags})
+    trainer.ppo_update(SimpleNamespace(actor=_Engine(), critic=_Engine()), experience, ppo)
     return seen
 
 

@@ -71,7 +71,7 @@ def test_unsupervised_data_is_checked_before_the_engines(toy_world_dir, tiny_mod
 def test_masked_confidence_labels_are_exactly_the_number(toy_tokenizer, response):
     """--unsup_mask_confidence: the labels of the stated number are ignored, every other label kept."""
     from step3_RL_finetune_LLM.ptx import without_confidence_labels
-    from utils.data import IGNORE_INDEX, sft_features
+    from utils.collate import IGNORE_INDEX, sft_features
 
     features = partial(sft_features, toy_tokenizer, max_len=64)
     plain = features("### Question: What color is the flag of Gox?\n### Answer:", response)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.reward import (alignment_reward, confidence_score, dual_reward, quality_gradient,
+from utils.reward import (RewardSettings, alignment_reward, confidence_score, dual_reward, quality_gradient,
                           worst_case_alignment_confidence, worst_case_confidence_score, wrong_way_share)
 
 R = torch.tensor([1.0, 0.0, 1.0, 0.5], dtype=torch.float64)
@@ -16,6 +16,14 @@ C = torch.tensor([0.9, 0.2, 0.4, 0.6], dtype=torch.float64)
 #   i=3 (r=0.5, c=0.6): (-0.5)(-0.3) + (0.5)(0.4)   + (-0.5)(0.2)  = 0.15 + 0.2 - 0.1  = 0.25
 SUM = [0.85, 1.10, 0.10, 0.25]
 MEAN = [0.85 / 4, 1.10 / 4, 0.10 / 4, 0.25 / 4]  # = [0.2125, 0.275, 0.025, 0.0625]
+
+
+def _paper_reward(quality, confidence, alpha, reduction="mean", clip=5.0):
+    """The paper's ``clip(r + alpha·R_A, ±clip)`` on one device: utils.reward.dual_reward, every extra off."""
+    settings = RewardSettings(alpha=alpha, align_reward_scope="device", align_reward_reduction=reduction,
+                              clip_reward_value=clip, quality_reward="model", score_with_confidence=False,
+                              missing_confidence=0.0)
+    return dual_reward(quality, confidence, settings, step=0)
 
 
 @pytest.mark.parametrize("reduction, expected", [("sum", SUM), ("mean", MEAN)])
@@ -31,7 +39,7 @@ def test_alignment_reward_default_is_mean():
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_batch_of_one_is_zero(reduction):
     assert alignment_reward(torch.tensor([0.7]), torch.tensor([0.3]), reduction).tolist() == [0.0]
-    out = dual_reward(torch.tensor([0.7]), torch.tensor([0.3]), alpha=2.0, reduction=reduction)
+    out = _paper_reward(torch.tensor([0.7]), torch.tensor([0.3]), alpha=2.0, reduction=reduction)
     assert out.total.tolist() == pytest.approx([0.7])
 
 
@@ -57,7 +65,7 @@ def test_unknown_reduction_raises():
 
 
 def test_dual_reward_hand_example_mean():
-    out = dual_reward(R, C, alpha=1.0, reduction="mean", clip=5.0)
+    out = _paper_reward(R, C, alpha=1.0, reduction="mean", clip=5.0)
     # total = r + 1.0 * R_A(mean) = [1 + 0.2125, 0 + 0.275, 1 + 0.025, 0.5 + 0.0625]
     assert out.total.tolist() == pytest.approx([1.2125, 0.275, 1.025, 0.5625], abs=1e-12)
     assert out.alignment.tolist() == pytest.approx(MEAN, abs=1e-12)
@@ -65,22 +73,22 @@ def test_dual_reward_hand_example_mean():
 
 
 def test_dual_reward_clipping():
-    out = dual_reward(R, C, alpha=2.0, reduction="sum", clip=1.5)
+    out = _paper_reward(R, C, alpha=2.0, reduction="sum", clip=1.5)
     # unclipped r + 2*R_A(sum) = [2.7, 2.2, 1.2, 1.0] -> clipped at 1.5
     assert out.total.tolist() == pytest.approx([1.5, 1.5, 1.2, 1.0], abs=1e-12)
     # alignment itself is not clipped
     assert out.alignment.tolist() == pytest.approx(SUM, abs=1e-12)
-    low = dual_reward(torch.tensor([-4.0, 3.0]), torch.tensor([0.5, 0.5]), alpha=1.0, clip=2.0)
+    low = _paper_reward(torch.tensor([-4.0, 3.0]), torch.tensor([0.5, 0.5]), alpha=1.0, clip=2.0)
     assert low.total.tolist() == [-2.0, 2.0]
 
 
 def test_negative_alpha_raises():
     with pytest.raises(ValueError, match="alpha"):
-        dual_reward(R, C, alpha=-0.1)
+        _paper_reward(R, C, alpha=-0.1)
 
 
 def test_zero_alpha_is_plain_quality():
-    assert dual_reward(R, C, alpha=0.0).total.tolist() == pytest.approx(R.tolist())
+    assert _paper_reward(R, C, alpha=0.0).total.tolist() == pytest.approx(R.tolist())
 
 
 # N = 8, alpha = 0.5, c = four 0s and four 1s, sum(c) = 4:
@@ -103,12 +111,12 @@ def test_quality_gradient_is_finite_difference(reduction):
     quality = torch.rand(6, generator=gen, dtype=torch.float64)
     confidence = torch.rand(6, generator=gen, dtype=torch.float64)
     alpha, h = 0.7, 1e-4
-    base = dual_reward(quality, confidence, alpha, reduction, clip=1e9).total
+    base = _paper_reward(quality, confidence, alpha, reduction, clip=1e9).total
     analytic = quality_gradient(confidence, alpha, reduction)
     for i in range(6):
         bumped = quality.clone()
         bumped[i] += h
-        numeric = (dual_reward(bumped, confidence, alpha, reduction, clip=1e9).total[i] - base[i]) / h
+        numeric = (_paper_reward(bumped, confidence, alpha, reduction, clip=1e9).total[i] - base[i]) / h
         assert numeric.item() == pytest.approx(analytic[i].item(), abs=1e-6)
 
 

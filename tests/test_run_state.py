@@ -20,7 +20,7 @@ from utils.errors import UserError
 def tiny_model(tmp_path_factory, toy_tokenizer) -> Path:
     """A one-layer Llama: step 1's output and (its head fresh) the critic's start."""
     from utils.model import save_hf_checkpoint
-    from utils.toy_world import create_tiny_llama
+    from worlds.toy_world import create_tiny_llama
 
     folder = tmp_path_factory.mktemp("run_state") / "tiny"
     model = create_tiny_llama(toy_tokenizer, hidden_size=32, num_layers=1, num_heads=2)

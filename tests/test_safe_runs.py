@@ -106,7 +106,7 @@ def test_a_run_whose_every_update_was_skipped_is_refused():
 
 def test_nan_weights_are_not_saved(tmp_path, toy_tokenizer):
     from utils.model import save_hf_checkpoint
-    from utils.toy_world import create_tiny_llama
+    from worlds.toy_world import create_tiny_llama
 
     model = create_tiny_llama(toy_tokenizer, hidden_size=32, num_layers=1, num_heads=2)
     with torch.no_grad():
@@ -122,7 +122,7 @@ def test_nan_weights_are_not_saved(tmp_path, toy_tokenizer):
 def tiny_model(tmp_path_factory, toy_tokenizer) -> Path:
     """A one-layer Llama: step 1's input and output, and the critic's start."""
     from utils.model import save_hf_checkpoint
-    from utils.toy_world import create_tiny_llama
+    from worlds.toy_world import create_tiny_llama
 
     model = create_tiny_llama(toy_tokenizer, hidden_size=32, num_layers=1, num_heads=2)
     return save_hf_checkpoint(model, toy_tokenizer, tmp_path_factory.mktemp("safe_runs") / "tiny")

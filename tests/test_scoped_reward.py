@@ -1,4 +1,5 @@
-"""step3 experience.scoped_dual_reward over two gloo ranks holding unequal slices of one batch."""
+"""utils.reward.dual_reward over two gloo ranks holding unequal slices of one batch (R_A's scope), and its
+extras beyond the paper as step 3 uses them."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from step3_RL_finetune_LLM.experience import RewardSettings, scoped_dual_reward
+from utils.reward import RewardSettings, dual_reward
 
 QUALITY = [1.0, 0.0, 0.5, 0.2, 0.9, 0.1, 0.7, 0.3]
 CONFIDENCE = [0.8, 0.6, 0.1, 0.3, 0.9, 0.2, 0.4, 0.7]
@@ -16,8 +17,8 @@ SLICES = [(0, 3), (3, 8)]  # rank 0 holds 3 rollouts, rank 1 holds 5
 
 
 def _settings(scope: str, reduction: str) -> RewardSettings:
-    return RewardSettings(alpha=0.5, scope=scope, reduction=reduction, clip=5.0, quality="model",
-                          score_with_confidence=False, missing_confidence=0.0, kl_ctl=0.1, gamma=1.0, lam=0.95)
+    return RewardSettings(alpha=0.5, align_reward_scope=scope, align_reward_reduction=reduction, clip_reward_value=5.0,
+                          quality_reward="model", score_with_confidence=False, missing_confidence=0.0)
 
 
 def _free_port() -> int:
@@ -37,10 +38,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         results = {}
         for scope in ("global", "device"):
             for reduction in ("sum", "mean"):
-                out = scoped_dual_reward(quality, confidence, _settings(scope, reduction))
+                out = dual_reward(quality, confidence, _settings(scope, reduction), step=0)
                 results[f"{scope}-{reduction}"] = {
-                    "total": out["total"].tolist(), "alignment": out["alignment"].tolist(),
-                    "scope_size": out["scope_size"], "wrong_way_share": out["wrong_way_share"]}
+                    "total": out.total.tolist(), "alignment": out.alignment.tolist(),
+                    "scope_size": out.scope_size, "wrong_way_share": out.wrong_way_share}
         with open(f"{out_dir}/rank{rank}.json", "w") as handle:
             json.dump(results, handle)
     finally:
@@ -55,7 +56,7 @@ def rank_results(tmp_path_factory):
 
 
 def _single(quality, confidence, scope, reduction):
-    return scoped_dual_reward(torch.tensor(quality), torch.tensor(confidence), _settings(scope, reduction))
+    return dual_reward(torch.tensor(quality), torch.tensor(confidence), _settings(scope, reduction), step=0)
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
@@ -65,10 +66,10 @@ def test_global_scope_equals_whole_batch(rank_results, rank, reduction):
     lo, hi = SLICES[rank]
     got = rank_results[rank][f"global-{reduction}"]
     assert len(got["total"]) == hi - lo
-    assert got["total"] == pytest.approx(whole["total"][lo:hi].tolist(), abs=1e-6)
-    assert got["alignment"] == pytest.approx(whole["alignment"][lo:hi].tolist(), abs=1e-6)
+    assert got["total"] == pytest.approx(whole.total[lo:hi].tolist(), abs=1e-6)
+    assert got["alignment"] == pytest.approx(whole.alignment[lo:hi].tolist(), abs=1e-6)
     assert got["scope_size"] == 8
-    assert got["wrong_way_share"] == pytest.approx(whole["wrong_way_share"])
+    assert got["wrong_way_share"] == pytest.approx(whole.wrong_way_share)
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
@@ -79,35 +80,34 @@ def test_device_scope_is_per_slice(rank_results, rank, reduction):
     whole = _single(QUALITY, CONFIDENCE, "global", reduction)
     got = rank_results[rank][f"device-{reduction}"]
     assert got["scope_size"] == hi - lo
-    assert got["total"] == pytest.approx(own["total"].tolist(), abs=1e-6)
-    assert got["alignment"] == pytest.approx(own["alignment"].tolist(), abs=1e-6)
+    assert got["total"] == pytest.approx(own.total.tolist(), abs=1e-6)
+    assert got["alignment"] == pytest.approx(own.alignment.tolist(), abs=1e-6)
     # and it really differs from the global scope
-    assert got["alignment"] != pytest.approx(whole["alignment"][lo:hi].tolist(), abs=1e-4)
+    assert got["alignment"] != pytest.approx(whole.alignment[lo:hi].tolist(), abs=1e-4)
 
 
 def test_single_process_hand_value():
     # batch of 3 from rank 0's slice, sum: R_A(0) = (1-0)(0.8-0.6) + (1-0.5)(0.8-0.1) = 0.2 + 0.35 = 0.55
     out = _single(QUALITY[:3], CONFIDENCE[:3], "device", "sum")
-    assert out["alignment"][0].item() == pytest.approx(0.55, abs=1e-6)
-    assert out["total"][0].item() == pytest.approx(1.0 + 0.5 * 0.55, abs=1e-6)
+    assert out.alignment[0].item() == pytest.approx(0.55, abs=1e-6)
+    assert out.total[0].item() == pytest.approx(1.0 + 0.5 * 0.55, abs=1e-6)
 
 
 def test_confidence_terms_go_to_the_confidence_tokens_only_when_asked():
-    from step3_RL_finetune_LLM.experience import RewardSettings, scoped_dual_reward
-
     q, c = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0.9, 0.8, 0.1])
-    base = dict(alpha=1.0, scope="device", reduction="mean", clip=5.0, quality="oracle", score_with_confidence=False,
-                missing_confidence=0.0, kl_ctl=0.1, gamma=1.0, lam=0.95)
-    plain = scoped_dual_reward(q, c, RewardSettings(**base))
-    routed = scoped_dual_reward(q, c, RewardSettings(**base, alignment_on_confidence_tokens=True))
-    assert torch.allclose(plain["total"], q + plain["alignment"])  # alpha = 1
-    assert torch.allclose(routed["total"], q)  # the sequence reward keeps the quality only
-    assert torch.allclose(routed["confidence_terms"], plain["alignment"])
+    base = dict(alpha=1.0, align_reward_scope="device", align_reward_reduction="mean", clip_reward_value=5.0,
+                quality_reward="oracle", score_with_confidence=False, missing_confidence=0.0)
+    plain = dual_reward(q, c, RewardSettings(**base), step=0)
+    routed = dual_reward(q, c, RewardSettings(**base, alignment_on_confidence_tokens=True), step=0)
+    assert torch.allclose(plain.total, q + plain.alignment)  # alpha = 1
+    assert torch.allclose(routed.total, q)  # the sequence reward keeps the quality only
+    assert torch.allclose(routed.confidence_terms, plain.alignment)
     big = dict(base, alpha=32.0)  # dR/dr = 1 + 32·(c_i − c̄) < 0 for the low-confidence rollout
-    assert scoped_dual_reward(q, c, RewardSettings(**big))["wrong_way_share"] > 0
-    assert scoped_dual_reward(q, c, RewardSettings(**big, alignment_on_confidence_tokens=True))["wrong_way_share"] == 0
-    scored = scoped_dual_reward(q, c, RewardSettings(**base, scoring_rule="brier", scoring_weight=2.0))
-    assert torch.allclose(scored["total"], q + plain["alignment"] - 2.0 * (c - q) ** 2)
+    assert dual_reward(q, c, RewardSettings(**big), step=0).wrong_way_share > 0
+    assert dual_reward(q, c, RewardSettings(**big, alignment_on_confidence_tokens=True), step=0).wrong_way_share == 0
+    scored = dual_reward(q, c, RewardSettings(**base, confidence_scoring_rule="brier", confidence_scoring_weight=2.0),
+                         step=0)
+    assert torch.allclose(scored.total, q + plain.alignment - 2.0 * (c - q) ** 2)
 
 
 def test_reward_model_inputs_end_on_eos_whatever_stop_token_ended_the_rollout():
@@ -123,12 +123,13 @@ def test_reward_model_inputs_end_on_eos_whatever_stop_token_ended_the_rollout():
 # ---------------------------------------------------------------- no escape through a missing confidence
 
 def _terms(quality, confidence, stated, policy, rule="brier", on_tokens=True, center=False):
-    settings = RewardSettings(alpha=4.0, scope="device", reduction="mean", clip=5.0, quality="oracle",
-                              score_with_confidence=False, missing_confidence=0.0, kl_ctl=0.1, gamma=1.0, lam=0.95,
-                              scoring_rule=rule, scoring_weight=2.0, alignment_on_confidence_tokens=on_tokens,
-                              missing_policy=policy, center_confidence_terms=center)
-    out = scoped_dual_reward(torch.tensor(quality), torch.tensor(confidence), settings, torch.tensor(stated))
-    return out["confidence_terms"] + (0.0 if on_tokens else out["total"])
+    settings = RewardSettings(alpha=4.0, align_reward_scope="device", align_reward_reduction="mean",
+                              clip_reward_value=5.0, quality_reward="oracle", score_with_confidence=False,
+                              missing_confidence=0.0, confidence_scoring_rule=rule, confidence_scoring_weight=2.0,
+                              alignment_on_confidence_tokens=on_tokens, missing_confidence_policy=policy,
+                              center_confidence_terms=center)
+    out = dual_reward(torch.tensor(quality), torch.tensor(confidence), settings, 0, torch.tensor(stated))
+    return out.confidence_terms + (0.0 if on_tokens else out.total)
 
 
 @pytest.mark.parametrize("rule", ["none", "brier", "log"])
@@ -198,18 +199,37 @@ def test_a_tagless_rollout_is_penalised_where_it_dropped_the_tag_not_on_its_answ
     assert starts[2] == len(responses[2]) and added[2].nonzero().flatten().tolist() == [len(responses[2]) - 1]
 
 
+def _scored(warmup: int) -> RewardSettings:
+    return RewardSettings(alpha=0.0, align_reward_scope="device", align_reward_reduction="mean", clip_reward_value=50.0,
+                          quality_reward="oracle", score_with_confidence=False, missing_confidence=0.0,
+                          confidence_scoring_rule="brier", confidence_scoring_weight=32.0,
+                          confidence_scoring_warmup_steps=warmup)
+
+
 def test_the_scoring_weight_ramps_linearly_over_the_warm_up_then_stays():
-    from step3_RL_finetune_LLM.experience import scoring_weight_at
-
-    assert [scoring_weight_at(step, 32.0, 4) for step in range(6)] == [8.0, 16.0, 24.0, 32.0, 32.0, 32.0]
-    assert [scoring_weight_at(step, 32.0, 0) for step in (0, 1, 300)] == [32.0] * 3
+    assert [_scored(4).confidence_scoring_weight_at(step) for step in range(6)] == [8.0, 16.0, 24.0, 32.0, 32.0, 32.0]
+    assert [_scored(0).confidence_scoring_weight_at(step) for step in (0, 1, 300)] == [32.0] * 3
 
 
-def test_the_policy_flag_reaches_the_reward_settings():
-    from step3_RL_finetune_LLM.trainer import build_parser, reward_settings
+def test_the_reward_takes_the_warm_up_weight_of_its_step():
+    """The settings never change during a run: the reward computes the weight from the step it is given."""
+    q, c = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0.9, 0.8, 0.1])
+    for step, weight in ((0, 8.0), (2, 24.0), (9, 32.0)):
+        assert torch.allclose(dual_reward(q, c, _scored(4), step).total, q - weight * (c - q) ** 2)
+
+
+def test_the_settings_are_the_flags_of_the_same_names():
+    from step3_RL_finetune_LLM.ppo import ppo_settings
+    from step3_RL_finetune_LLM.trainer import build_parser
+    from utils.reward import reward_settings
 
     required = ["--data_path", "d", "--actor_model_name_or_path", "a", "--critic_model_name_or_path", "c",
                 "--output_dir", "o"]
-    assert reward_settings(build_parser().parse_args(required)).missing_policy == "fixed"
-    args = build_parser().parse_args([*required, "--missing_confidence_policy", "worst"])
-    assert reward_settings(args).missing_policy == "worst"
+    assert reward_settings(build_parser().parse_args(required)).missing_confidence_policy == "fixed"
+    args = build_parser().parse_args([*required, "--missing_confidence_policy", "worst", "--alpha", "3",
+                                      "--confidence_scoring_warmup_steps", "7", "--gamma", "0.5", "--cliprange", "0.3",
+                                      "--unsup_coef", "2"])
+    rewarding, ppo = reward_settings(args), ppo_settings(args)
+    assert (rewarding.missing_confidence_policy, rewarding.alpha, rewarding.confidence_scoring_warmup_steps) == (
+        "worst", 3.0, 7)
+    assert (ppo.gamma, ppo.cliprange, ppo.unsup_coef) == (0.5, 0.3, 2.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from utils.model import save_hf_checkpoint
-from utils.toy_world import create_tiny_llama
+from worlds.toy_world import create_tiny_llama
 
 
 @pytest.fixture(scope="module")

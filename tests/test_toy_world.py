@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from utils.toy_world import ToyWorldConfig, difficulty, make_facts
+from worlds.toy_world import ToyWorldConfig, difficulty, make_facts
 
 _SYLLABLE = re.compile(r"(ai|ou|[aeiou])")
 

@@ -28,7 +28,7 @@ CELLS = [f"{stage}:{lora}:{offload}" for stage in (0, 1, 2, 3) for lora in (0, 4
 @pytest.fixture(scope="module")
 def matrix_inputs(tmp_path_factory, toy_world_dir, toy_tokenizer) -> tuple[Path, Path]:
     from utils.model import save_hf_checkpoint
-    from utils.toy_world import create_tiny_llama
+    from worlds.toy_world import create_tiny_llama
 
     base = tmp_path_factory.mktemp("matrix") / "base"
     # hidden 128: large enough that ZeRO-3's prefetch leaves parameters in flight after an eval forward

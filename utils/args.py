@@ -168,7 +168,7 @@ def add_output_dir_arg(group: argparse._ActionsContainer, default: str | None = 
 
 
 def add_force_arg(group: argparse._ActionsContainer, help_text: str) -> None:
-    """``--force`` of the fetching commands (utils.download, utils.gguf_import): replace what is there."""
+    """``--force`` of the fetching commands (tools.download, tools.gguf_import): replace what is there."""
     group.add_argument("--force", action="store_true", help=help_text)
 
 

@@ -8,10 +8,12 @@ Conventions
   ``malformed``. Both have ``value=None``; :func:`resolve_confidence` turns them into the documented
   :data:`MISSING_CONFIDENCE` (0.0: "stated no confidence" counts as "no confidence") or the value of
   ``--missing_confidence``. The authors used 1.0 in training and 0.0 in evaluation; we use one value
-  in both places.
+  in both places. It is the one place a missing confidence is filled: rewards (step 3), metrics and
+  retrieval gating (step 4), where a record's missing confidence is None and an array's is NaN.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -55,9 +57,11 @@ def confidence_value_start(text: str) -> int | None:
     return None if number is None else number.start(1)
 
 
-def resolve_confidence(parsed: ParsedConfidence, missing_value: float = MISSING_CONFIDENCE) -> float:
-    """The number used for rewards and metrics: the parsed value, or the missing-value policy."""
-    return missing_value if parsed.value is None else parsed.value
+def resolve_confidence(stated: ParsedConfidence | float | None, missing_value: float = MISSING_CONFIDENCE) -> float:
+    """The number used for rewards and metrics: the stated value, or ``missing_value`` where none was stated
+    (a parse without a value, None, or NaN)."""
+    value = stated.value if isinstance(stated, ParsedConfidence) else stated
+    return missing_value if value is None or math.isnan(value) else value
 
 
 def count_statuses(parsed: Iterable[ParsedConfidence]) -> dict[str, int]:

@@ -1,5 +1,5 @@
-"""Dataset loading, validation, format conversion, DeepSpeed-Chat's per-step split and blending,
-tokenisation and collation.
+"""Dataset reading, validation and format conversion; :mod:`utils.data_split` cuts and blends what is read
+here into a step's train and eval sets, :mod:`utils.collate` tokenises and batches their rows.
 
 ``--data_path`` entries are local folders (``train`` and optionally ``test`` files; DeepSpeed-Chat's
 ``eval`` file counts as ``test``), local files (all rows are ``train``) or hub names (``owner/name``, a
@@ -30,10 +30,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import numpy as np
-import torch
-from transformers import PreTrainedTokenizerBase
-
 from utils import dist
 from utils.confidence import parse_confidence
 from utils.data_formats import (CANONICAL, DataError, detect_format, given_source_columns, source_columns,
@@ -43,7 +39,6 @@ from utils.jsonl import (DuplicateKey, duplicate_key_error, first_duplicate, jso
 
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".parquet")
 SPLIT_FILES = {"test": ("test", "eval")}  # file stems of a split in a folder; DeepSpeed-Chat writes eval.json
-IGNORE_INDEX = -100
 WHERE = "_where"  # a temporary column: where a row came from ("file:line"), to name the first bad row
 ALLOW_MISSING_CONFIDENCE = "--allow_missing_confidence"
 # What a response's confidence status (utils.confidence) means for a training row.
@@ -83,7 +78,7 @@ def _split_file(folder: Path, split: str) -> Path | None:
     return found[0] if found else None
 
 
-def _no_train_split(path: str) -> DataError:
+def no_train_split(path: str) -> DataError:
     folder = Path(path)
     if not folder.is_dir():
         return DataError(f"--data_path {path}: no train split")
@@ -314,7 +309,7 @@ def _read_hub(name: str, split: str, required: Sequence[str], cache_dir: str | N
     return ds.add_column(WHERE, [f"{name} ({split}) row {number}" for number in range(1, len(ds) + 1)]), fmt
 
 
-def _read_split(path: str, split: str, required: Sequence[str], optional: Sequence[str], cache_dir: str | None):
+def read_split(path: str, split: str, required: Sequence[str], optional: Sequence[str], cache_dir: str | None):
     """``(rows as in the source + WHERE, format)`` of one split, ``None`` where a folder/hub dataset lacks it."""
     local = Path(path)
     if local.is_dir():
@@ -333,14 +328,14 @@ def load_split(path: str, split: str, required: Sequence[str], cache_dir: str | 
     local folder holding ``{split}.jsonl|json|csv|parquet`` (``.gz`` too), a local file (its rows are the
     train split), or a hub name. ``None`` when a folder/hub dataset lacks the split. ``cache_dir`` is the
     ``datasets`` cache of hub downloads."""
-    found = _read_split(path, split, required, optional, cache_dir)
+    found = read_split(path, split, required, optional, cache_dir)
     if found is None:
         return None
-    _, rows = _canonical(*found, f"{path} ({split})", required, optional)
+    _, rows = canonical(*found, f"{path} ({split})", required, optional)
     return rows.remove_columns(WHERE)
 
 
-def _canonical(rows, fmt: str, source: str, required: Sequence[str], optional: Sequence[str]) -> tuple:
+def canonical(rows, fmt: str, source: str, required: Sequence[str], optional: Sequence[str]) -> tuple:
     """``(source, rows converted from fmt)``, :data:`WHERE` kept."""
     return source, to_canonical(rows, fmt, required, (*optional, WHERE), source=source)
 
@@ -358,120 +353,12 @@ def _confidence_faults(rows, source: str) -> str | None:
             f"{rows[bad[0]][WHERE]})")
 
 
-def _require_confidences(faults: Sequence[str | None], allowed: bool) -> None:
-    """Refuses rows that would teach a response without a confidence (one line over all files), or with
-    ``allowed`` prints their counts and lets them train."""
-    faults = [fault for fault in faults if fault]
+def require_confidences(parts: Sequence[tuple[str, Any]], allowed: bool) -> None:
+    """Refuses ``(source, rows)`` parts whose responses would teach no confidence (one line over all
+    files), or with ``allowed`` prints their counts and lets them train."""
+    faults = [fault for fault in (_confidence_faults(rows, source) for source, rows in parts) if fault]
     if faults and not allowed:
         raise DataError("; ".join(faults) + "; end each response with '### Confidence: <number in [0, 1]>', or "
                         f"pass {ALLOW_MISSING_CONFIDENCE} to train on them as they are")
     for fault in faults:
         dist.print_rank0(f"{fault}; training on them ({ALLOW_MISSING_CONFIDENCE})")
-
-
-def phase_indices(n: int, data_split: Sequence[float], phase: int, seed: int) -> np.ndarray:
-    """DeepSpeed-Chat's split: a seeded shuffle of ``n`` rows cut by the weights; rows of ``phase``."""
-    weights = np.asarray(data_split, dtype=float)
-    bounds = np.round(np.cumsum(weights) / weights.sum() * n).astype(int)
-    start = 0 if phase == 0 else bounds[phase - 1]
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[start:bounds[phase]])
-
-
-def _blend(parts: Sequence, required: Sequence[str], optional: Sequence[str]):
-    """Rows of all parts in one dataset; ``optional`` columns kept where every part has them."""
-    import datasets
-
-    columns = list(required) + [c for c in optional
-                                if c not in required and all(c in part.column_names for part in parts)]
-    return datasets.concatenate_datasets([part.select_columns(columns) for part in parts])
-
-
-def load_phase_data(paths: Sequence[str], data_split: Sequence[float], phase: int, required: Sequence[str],
-                    seed: int, cache_dir: str | None = None, max_train: int | None = None,
-                    optional: Sequence[str] = (), allow_missing_confidence: bool = False):
-    """Train and eval sets of one step, blended over all ``--data_path`` entries (of any formats),
-    refused when empty.
-
-    Each entry's train split is cut by ``data_split`` before conversion, so dropped rows never shift
-    another step's share. ``optional`` columns are kept where every dataset has them. Where the step reads
-    ``response``, responses without a usable confidence are refused unless ``allow_missing_confidence``."""
-    trains, evals = [], []  # (source, rows)
-    for path in paths:
-        found = _read_split(path, "train", required, optional, cache_dir)
-        if found is None:
-            raise _no_train_split(path)
-        rows, fmt = found
-        phase_rows = rows.select(phase_indices(len(rows), data_split, phase, seed))
-        trains.append(_canonical(phase_rows, fmt, f"{path} (train)", required, optional))
-        test = _read_split(path, "test", required, optional, cache_dir)
-        if test is not None:
-            evals.append(_canonical(*test, f"{path} (test)", required, optional))
-    if "response" in required:
-        _require_confidences([_confidence_faults(part, source) for source, part in trains + evals],
-                             allow_missing_confidence)
-    train = _blend([part for _, part in trains], required, optional)
-    if max_train is not None and max_train < len(train):
-        # a seeded sample of the blend, not its first rows (which all come from the first --data_path)
-        train = train.select(np.sort(np.random.default_rng(seed).permutation(len(train))[:max_train]))
-    if len(train) == 0:
-        raise DataError(f"--data_path {' '.join(paths)} with --data_split {data_split}: "
-                        f"no training rows for step {phase + 1}; check the split weights")
-    evaluation = _blend([part for _, part in evals], required, optional) if evals else None
-    return train, evaluation
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool = False) -> list[int]:
-    return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_len: int,
-                  add_special_tokens: bool = True) -> list[int]:
-    """Prompt ids with the tokenizer's BOS; long prompts keep their end (where the question is)."""
-    ids = encode(tokenizer, prompt, add_special_tokens=add_special_tokens)
-    return ids[-max_len:]
-
-
-def encode_completion(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str,
-                      max_len: int) -> tuple[list[int], int]:
-    """``prompt + completion + EOS`` as ids and the prompt's length. Encoded separately and joined,
-    so the boundary is tokenised as in generation (the completion follows the prompt's ids).
-
-    Over ``max_len``, the prompt loses its start first (its end holds the question), so the completion
-    always keeps at least ``max_len - 1`` of its tokens: a row cut to its prompt alone would train on
-    nothing (a NaN loss) and make a reward pair's halves identical."""
-    completion_ids = (encode(tokenizer, completion) + [tokenizer.eos_token_id])[:max(max_len - 1, 1)]
-    prompt_ids = encode_prompt(tokenizer, prompt, max(max_len - len(completion_ids), 1))
-    return prompt_ids + completion_ids, len(prompt_ids)
-
-
-def sft_features(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_len: int) -> dict[str, list[int]]:
-    """Loss only on the response tokens: the prompt's labels are ignored."""
-    ids, prompt_len = encode_completion(tokenizer, prompt, response, max_len)
-    return {"input_ids": ids, "labels": [IGNORE_INDEX] * prompt_len + ids[prompt_len:]}
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], pad_value: int, side: str = "right") -> torch.Tensor:
-    width = max(len(s) for s in sequences)
-    rows = [[pad_value] * (width - len(s)) + list(s) if side == "left" else list(s) + [pad_value] * (width - len(s))
-            for s in sequences]
-    return torch.tensor(rows, dtype=torch.long)
-
-
-def collate_sft(features: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    ids = [f["input_ids"] for f in features]
-    return {"input_ids": pad_batch(ids, pad_id),
-            "attention_mask": pad_batch([[1] * len(i) for i in ids], 0),
-            "labels": pad_batch([f["labels"] for f in features], IGNORE_INDEX)}
-
-
-def collate_pairs(features: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Chosen rows first, then rejected rows, in one right-padded batch (one forward pass)."""
-    ids = [f["chosen_ids"] for f in features] + [f["rejected_ids"] for f in features]
-    return {"input_ids": pad_batch(ids, pad_id), "attention_mask": pad_batch([[1] * len(i) for i in ids], 0)}
-
-
-def collate_prompts(prompt_ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded prompts, so generation continues every row at the same position."""
-    return {"input_ids": pad_batch(prompt_ids, pad_id, side="left"),
-            "attention_mask": pad_batch([[1] * len(p) for p in prompt_ids], 0, side="left")}

@@ -110,7 +110,3 @@ def ensure_built() -> None:
 
             remove_stale_torch_lock(Path(_get_build_directory(builder.name, verbose=False)))
             builder.load(verbose=False)
-
-
-if __name__ == "__main__":  # python -m utils.ds_ops: build ahead of the first run (scripts/setup_env.sh)
-    ensure_built()

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from utils.data import collate_prompts
+from utils.collate import collate_prompts
 
 
 @dataclass(frozen=True)

@@ -237,8 +237,8 @@ def _train_supervised(args, step: SupervisedStep) -> dict:
 
     from datasets import DatasetDict
 
-    from utils.data import load_phase_data
     from utils.data_cache import cached_dataset, data_fingerprint
+    from utils.data_split import load_phase_data
     from utils.model import (apply_lora, checked_tokenizer, require_checkpoint, require_vocabulary_fits,
                              save_hf_checkpoint)
 

@@ -1,7 +1,7 @@
-"""``python -m utils.download``: fetch a model or a dataset from the Hugging Face hub into the repo's folders.
+"""``python -m tools.download``: fetch a model or a dataset from the Hugging Face hub into the repo's folders.
 
-    python -m utils.download model meta-llama/Llama-2-7b-hf            # → model_pth/Llama-2-7b-hf
-    python -m utils.download dataset Anthropic/hh-rlhf --subset harmless-base   # → datasets/hh-rlhf/harmless-base/
+    python -m tools.download model meta-llama/Llama-2-7b-hf            # → model_pth/Llama-2-7b-hf
+    python -m tools.download dataset Anthropic/hh-rlhf --subset harmless-base   # → datasets/hh-rlhf/harmless-base/
 
 Files land in a temporary sibling folder that is renamed into place once complete, so an interrupted or
 failed download never leaves a half folder where the pipeline would read it. Offline (``HF_HUB_OFFLINE=1``)
@@ -74,7 +74,7 @@ def fetch(kind: str, name: str, target: Path, revision: str | None, subset: str 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m utils.download", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m tools.download", description=__doc__.split("\n\n")[0])
     kinds = parser.add_subparsers(dest="kind", required=True)
     for kind, help_text in (("model", "a model repo, e.g. meta-llama/Llama-2-7b-hf"),
                             ("dataset", "a dataset repo, e.g. Anthropic/hh-rlhf or hooope/CONQORD_dataset")):

