@@ -161,20 +161,22 @@ def recalibration_table(s: Settings, names: list[str], methods: list[str]) -> di
             per_seed = [recalibrated(s, seed, name, method) for seed in s.seeds]
             table[name, method] = {key: [p[key] for p in per_seed] for key in per_seed[0]}
             table[name, method]["auroc_change"] = [p["auroc_recalibrated"] - p["auroc"] for p in per_seed]
+            table[name, method]["auroc_shift"] = [abs(d) for d in table[name, method]["auroc_change"]]
     return table
 
 
 def best_method(table: dict[tuple[str, str], dict], variant: str, methods: list[str]) -> str:
-    """The method with the lowest mean recalibrated ECE among those that keep the mean AUROC within the target
-    (all methods when none does): chosen on the tuning seeds only."""
-    keeping = [m for m in methods if abs(_mean(table[variant, m]["auroc_change"])) <= RECALIBRATION_TARGETS["auroc_change"]]
+    """The method with the lowest mean recalibrated ECE among those that keep AUROC within the target (the mean
+    over seeds of each seed's |change|: a rise on one seed does not excuse a fall on another; all methods when
+    none does): chosen on the tuning seeds only."""
+    keeping = [m for m in methods if _mean(table[variant, m]["auroc_shift"]) <= RECALIBRATION_TARGETS["auroc_change"]]
     return min(keeping or methods, key=lambda m: _mean(table[variant, m]["ece_recalibrated"]))
 
 
 def recalibration_met(entry: dict) -> dict[str, bool]:
     return {f"ECE ≤ {RECALIBRATION_TARGETS['ece']}": _mean(entry["ece_recalibrated"]) <= RECALIBRATION_TARGETS["ece"],
             f"AUROC within {RECALIBRATION_TARGETS['auroc_change']} of the raw one":
-                abs(_mean(entry["auroc_change"])) <= RECALIBRATION_TARGETS["auroc_change"]}
+                _mean(entry["auroc_shift"]) <= RECALIBRATION_TARGETS["auroc_change"]}
 
 
 def _recalibration_lines(table: dict[tuple[str, str], dict], names: list[str], methods: list[str]) -> list[str]:
@@ -200,8 +202,8 @@ def recalibration_section(s: Settings, untuned: list[int], methods: list[str]) -
             f"Each map fitted on a run's dev answers ({_ms(n_dev)} questions) and scored on its test answers; "
             f"tuning seeds ({', '.join(map(str, s.seeds))}), mean ± std. Δauroc: recalibrated minus raw (a step "
             "function ties confidences it merges; ties count 1/2).", "", *_recalibration_lines(table, names, methods), "",
-            "Chosen on the tuning seeds (lowest recalibrated ECE among the methods that keep AUROC within "
-            f"{RECALIBRATION_TARGETS['auroc_change']}): " + "; ".join(f"`{n}`: {m}" for n, m in chosen.items()) + ".",
+            "Chosen on the tuning seeds (lowest recalibrated ECE among the methods whose AUROC moves by at most "
+            f"{RECALIBRATION_TARGETS['auroc_change']} per seed on average): " + "; ".join(f"`{n}`: {m}" for n, m in chosen.items()) + ".",
             ""]
     for seed in untuned:
         single = replace(s, seeds=[seed])
