@@ -188,7 +188,6 @@ def child(args) -> dict:
     from step3_RL_finetune_LLM.rlhf_engine import build_engines
     from utils import dist
     from utils.collate import encode_prompt
-    from utils.generation import GenerationSettings
     from utils.model import load_tokenizer
     from utils.reward import reward_settings
     from utils.training import set_seed
@@ -210,10 +209,8 @@ def child(args) -> dict:
     start = clock()
     engines = build_engines(ns, tokenizer, ns.max_steps)
     build_s = clock() - start
-    generation = GenerationSettings(max_new_tokens=ns.max_answer_seq_len, do_sample=not ns.greedy_rollouts,
-                                    temperature=ns.temperature, top_p=ns.top_p)
     ppo = ppo_settings(ns)
-    maker = experience.ExperienceMaker(engines, tokenizer, generation, reward_settings(ns), ppo)
+    maker = experience.ExperienceMaker(engines, tokenizer, trainer.generation_settings(ns), reward_settings(ns), ppo)
     phases = Phases(clock, engines)
     invalidations = count_trace_invalidations()
     batch = ns.per_device_generation_batch_size

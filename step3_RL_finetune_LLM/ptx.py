@@ -12,6 +12,7 @@ resumed run draws exactly the batches the uninterrupted run would have.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, fields
 from functools import partial
 
 import numpy as np
@@ -47,19 +48,39 @@ class PtxBatches:
         return {key: value.to(device) for key, value in self.collate(features).items()}
 
 
-def load_ptx_batches(args: argparse.Namespace, tokenizer) -> PtxBatches | None:
+@dataclass(frozen=True)
+class PtxSettings:
+    """What PPO-ptx reads of step 3's flags; each field is the flag of the same name. Built once at start
+    (:func:`ptx_settings`)."""
+
+    unsupervised_dataset_name: list[str] | None  # step-1-format files of the ptx rows; None: no PPO-ptx
+    unsup_mask_confidence: bool  # ignore the labels of the stated confidence number in the ptx loss
+    allow_missing_confidence: bool  # accept rows whose response states no confidence
+    max_prompt_seq_len: int  # with max_answer_seq_len, the token limit of a ptx row
+    max_answer_seq_len: int
+    per_device_training_batch_size: int  # ptx rows per actor update, per rank
+    seed: int  # the per-epoch permutation of the rows
+    data_output_path: str | None  # where the data split is cached
+
+
+def ptx_settings(args: argparse.Namespace) -> PtxSettings:
+    """The settings from step 3's parsed flags (same names)."""
+    return PtxSettings(**{f.name: getattr(args, f.name) for f in fields(PtxSettings)})
+
+
+def load_ptx_batches(settings: PtxSettings, tokenizer) -> PtxBatches | None:
     """The ``--unsupervised_dataset_name`` rows, checked and tokenised at start (before any model loads);
     ``None`` without the flag."""
-    if not args.unsupervised_dataset_name:
+    if not settings.unsupervised_dataset_name:
         return None
-    rows, _ = load_phase_data(args.unsupervised_dataset_name, ALL_ROWS, 0, COLUMNS, args.seed, args.data_output_path,
-                              allow_missing_confidence=args.allow_missing_confidence)
-    max_len = args.max_prompt_seq_len + args.max_answer_seq_len
+    rows, _ = load_phase_data(settings.unsupervised_dataset_name, ALL_ROWS, 0, COLUMNS, settings.seed,
+                              settings.data_output_path, allow_missing_confidence=settings.allow_missing_confidence)
+    max_len = settings.max_prompt_seq_len + settings.max_answer_seq_len
     features = partial(sft_features, tokenizer, max_len=max_len)
-    if args.unsup_mask_confidence:
+    if settings.unsup_mask_confidence:
         features = partial(without_confidence_labels, features, tokenizer)
     tokenised = rows.map(lambda row: features(row["prompt"], row["response"]), remove_columns=list(COLUMNS))
-    return PtxBatches(tokenised, args.per_device_training_batch_size, tokenizer.pad_token_id, args.seed)
+    return PtxBatches(tokenised, settings.per_device_training_batch_size, tokenizer.pad_token_id, settings.seed)
 
 
 def without_confidence_labels(features, tokenizer, prompt: str, response: str) -> dict[str, list[int]]:

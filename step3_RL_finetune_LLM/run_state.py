@@ -56,11 +56,12 @@ def input_paths(args: argparse.Namespace) -> dict[str, list[str]]:
     return {flag: value for flag, value in paths.items() if value and value[0]}
 
 
-def made_by(args: argparse.Namespace) -> dict[str, Any]:
-    """What a resumable state records of the run that saved it: its flags (those a resume may not change) and
-    its inputs' file names, sizes and mtimes (a rerun step 1 changes them); as JSON reads them back."""
+def made_by(args: argparse.Namespace, inputs: dict[str, list[str]]) -> dict[str, Any]:
+    """What a resumable state records of the run that saved it: its flags (those a resume may not change: all
+    of them, hence the whole namespace) and its inputs' (:func:`input_paths`) file names, sizes and mtimes (a
+    rerun step 1 changes them); as JSON reads them back."""
     record = {"flags": {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE_CHANGES},
-              "inputs": {flag: [path_stamp(p) for p in paths] for flag, paths in input_paths(args).items()}}
+              "inputs": {flag: [path_stamp(p) for p in paths] for flag, paths in inputs.items()}}
     return json.loads(json.dumps(record, default=str))
 
 
@@ -68,23 +69,23 @@ def _shown(value: Any) -> str:
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def _changes(old: dict[str, Any] | None, new: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    """How the run that saved a state differs from this one: ``--flag old → new``, then changed inputs."""
+def _changes(old: dict[str, Any] | None, new: dict[str, Any], paths: dict[str, list[str]]) -> list[str]:
+    """How the run that saved a state differs from this one: ``--flag old → new``, then changed inputs
+    (``paths``: this run's :func:`input_paths`)."""
     if old is None:
         return ["it records no flags (saved before step 3 recorded them)"]
     flags = [f"--{k} {_shown(old['flags'].get(k))} → {_shown(new['flags'].get(k))}"
              for k in sorted(old["flags"].keys() | new["flags"].keys()) if old["flags"].get(k) != new["flags"].get(k)]
-    paths = input_paths(args)
     inputs = [f"--{k} {_shown(paths.get(k, []))}: its files changed since the state was saved"
               for k in dict.fromkeys([*old["inputs"], *new["inputs"]])
               if old["inputs"].get(k) != new["inputs"].get(k) and old["flags"].get(k) == new["flags"].get(k)]
     return flags + inputs
 
 
-def read_resume_state(out: Path, provenance: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def read_resume_state(out: Path, provenance: dict[str, Any], inputs: dict[str, list[str]]) -> dict[str, Any]:
     """The state ``--resume`` continues from, checked before any engine is built: it must exist, be complete
     and come from a run with the same flags and inputs (an alpha=2 run's weights would otherwise continue
-    quietly under alpha=0)."""
+    quietly under alpha=0); ``provenance`` is this run's :func:`made_by`, ``inputs`` its :func:`input_paths`."""
     resume = out / RESUME_DIR
     file = resume / STATE_FILE
     if not file.is_file():
@@ -93,7 +94,7 @@ def read_resume_state(out: Path, provenance: dict[str, Any], args: argparse.Name
         raise RefusedRun(f"--resume: no resumable checkpoint in {resume} (it is written every --save_interval "
                          f"steps){earlier}; drop --resume to start afresh")
     state = json.loads(file.read_text())
-    changes = _changes(state.get("made_by"), provenance, args)
+    changes = _changes(state.get("made_by"), provenance, inputs)
     if changes:
         raise RefusedRun(f"--resume: {resume} was saved by a run with other flags or inputs: {', '.join(changes)}; "
                          "rerun with its values or drop --resume to start afresh")

@@ -19,7 +19,7 @@ from step3_RL_finetune_LLM.experience import Experience, ExperienceMaker, respon
 from step3_RL_finetune_LLM import run_state
 from step3_RL_finetune_LLM.ppo import (PPOSettings, actor_loss, critic_loss, minibatch_rows, policy_advantages,
                                        ppo_settings)
-from step3_RL_finetune_LLM.ptx import PtxBatches, load_ptx_batches, ptx_loss
+from step3_RL_finetune_LLM.ptx import PtxBatches, load_ptx_batches, ptx_loss, ptx_settings
 from step3_RL_finetune_LLM.rlhf_engine import Engines, build_engines, check_inputs
 from utils import args as flags
 from utils import dist, finite
@@ -98,6 +98,13 @@ def ppo_update(engines: Engines, experience: Experience, ppo: PPOSettings,
     return {k: v / count for k, v in losses.items()}
 
 
+def generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    """The rollouts' sampling from step 3's flags: up to --max_answer_seq_len new tokens, sampled at
+    --temperature / --top_p unless --greedy_rollouts."""
+    return GenerationSettings(max_new_tokens=args.max_answer_seq_len, do_sample=not args.greedy_rollouts,
+                              temperature=args.temperature, top_p=args.top_p)
+
+
 def _prompt_features(row: dict, tokenizer, max_len: int) -> dict:
     return {"prompt_ids": encode_prompt(tokenizer, row["prompt"], max_len)}
 
@@ -122,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
     check_apart_from_inputs(args.output_dir, {f"--{flag}": paths for flag, paths in inputs.items()})
     with output_lock(Path(args.output_dir)):
         claim_output_folder(args.output_dir)
-        return _train(args)
+        return _train(args, inputs)
 
 
 @dataclass
@@ -149,8 +156,8 @@ class _Run:
     start: float  # time.time() at the first step
 
 
-def _train(args: argparse.Namespace) -> dict:
-    run = _setup(args)
+def _train(args: argparse.Namespace, inputs: dict[str, list[str]]) -> dict:
+    run = _setup(args, inputs)
     step, buffer = run.state["step"], []
     # rank 0 only, and quiet when stdout is not a terminal (tqdm's disable=None): logs keep their lines
     bar = tqdm(total=run.total_steps, initial=step, desc="step 3 (PPO)", unit="step",
@@ -168,29 +175,29 @@ def _train(args: argparse.Namespace) -> dict:
     return _finish(run, step)
 
 
-def _setup(args: argparse.Namespace) -> _Run:
-    """Everything before the first step: checks, data, engines, the settings (built once), the output folder."""
+def _setup(args: argparse.Namespace, inputs: dict[str, list[str]]) -> _Run:
+    """Everything before the first step: checks, data, engines, the settings (built once), the output folder;
+    ``inputs``: the run's :func:`run_state.input_paths`."""
     dist.init_distributed(args.local_rank)
     set_seed(args.seed)
     check_inputs(args)
     out = Path(args.output_dir)
-    provenance = run_state.made_by(args)
-    state = run_state.read_resume_state(out, provenance, args) if args.resume else {"step": 0, "seconds": 0.0}
+    provenance = run_state.made_by(args, inputs)
+    state = run_state.read_resume_state(out, provenance, inputs) if args.resume else {"step": 0, "seconds": 0.0}
     warn_if_alignment_vanishes(args)
     if args.enable_hybrid_engine:
         warnings.warn("--enable_hybrid_engine is ignored: rollouts gather the ZeRO-3 weights once and generate "
                       "without DeepSpeed's hooks", stacklevel=1)
     tokenizer = load_tokenizer(args.tokenizer_model_name_or_path or args.actor_model_name_or_path, padding_side="left")
     prompts = _prompts(args, tokenizer)
-    ptx = load_ptx_batches(args, tokenizer)
+    ptx = load_ptx_batches(ptx_settings(args), tokenizer)
     loader = make_loader(prompts, args.per_device_generation_batch_size, list, True, args.seed)
     steps_per_epoch = len(loader)
     total_steps = args.max_steps or steps_per_epoch * args.num_train_epochs
     minibatches = args.ppo_epochs * -(-args.per_device_generation_batch_size // args.per_device_training_batch_size)
     _check_updates(args, total_steps, steps_per_epoch, minibatches)
     engines = build_engines(args, tokenizer, total_steps * minibatches // args.gradient_accumulation_steps)
-    generation = GenerationSettings(max_new_tokens=args.max_answer_seq_len, do_sample=not args.greedy_rollouts,
-                                    temperature=args.temperature, top_p=args.top_p)
+    generation = generation_settings(args)
     timer = PhaseTimer()
     ppo = ppo_settings(args)
     maker = ExperienceMaker(engines, tokenizer, generation, reward_settings(args), ppo, timer)

@@ -84,3 +84,18 @@ def test_masked_confidence_labels_are_exactly_the_number(toy_tokenizer, response
     assert toy_tokenizer.decode([plain["input_ids"][i] for i in dropped]).strip() == number
     kept = toy_tokenizer.decode([t for t in masked["labels"] if t != IGNORE_INDEX], skip_special_tokens=True)
     assert kept.rstrip() == response.removesuffix(number).rstrip()  # the answer and the tag are still trained
+
+
+def test_the_settings_are_the_flags_of_the_same_names():
+    from step3_RL_finetune_LLM.ptx import ptx_settings
+    from step3_RL_finetune_LLM.trainer import build_parser
+
+    args = build_parser().parse_args(["--data_path", "d", "--actor_model_name_or_path", "a",
+                                      "--critic_model_name_or_path", "c", "--output_dir", "o",
+                                      "--unsupervised_dataset_name", "u1", "u2", "--unsup_mask_confidence",
+                                      "--max_prompt_seq_len", "11", "--max_answer_seq_len", "7", "--seed", "5",
+                                      "--per_device_training_batch_size", "3"])
+    settings = ptx_settings(args)
+    assert (settings.unsupervised_dataset_name, settings.unsup_mask_confidence, settings.max_prompt_seq_len,
+            settings.max_answer_seq_len, settings.seed, settings.per_device_training_batch_size) == (
+        ["u1", "u2"], True, 11, 7, 5, 3)
