@@ -2,6 +2,7 @@
 
 * ``main`` — the entry point; ``evaluate`` — the flags and the run: one report row per checkpoint × benchmark ×
   method (generate, judge, score), adaptive retrieval, the output folder.
+* ``settings`` — step 4's settings by concern (metrics, dev split, judging, decoding), built once from the flags.
 * ``generation`` — greedy generation, cached per row so an interrupted run resumes.
 * ``judging`` — the judge each benchmark gets, its checks before generation, one judged record per question.
 * ``reports`` — a row's metrics (summary.json) and the tables over every row (results.md/csv/json).

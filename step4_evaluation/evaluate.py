@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +37,7 @@ from step4_evaluation.prompting import get_method
 from step4_evaluation.recalibration import RECALIBRATORS, check_recalibration_flags, dev_splits, split_summary
 from step4_evaluation.reports import Row, earlier_results, merge_results, summarize_records, write_json, write_reports
 from step4_evaluation.retrieval import BM25Retriever, load_passages, plot_sweep, tau_on_dev, threshold_sweep
+from step4_evaluation.settings import DecodingSettings, JudgeSettings, MetricSettings, SplitSettings
 from utils.args import (Parser, add_bootstrap_arg, add_dtype_arg, add_missing_confidence_arg, add_n_bins_arg,
                         add_output_dir_arg, add_overwrite_output_dir_arg, add_seed_arg, env_var_name, non_negative_int,
                         positive_float, positive_int, share_below_one)
@@ -107,6 +109,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """Every setting a run passes down, built once from the flags by :func:`run_settings`; fields named after
+    their flags."""
+
+    output_dir: Path
+    methods: tuple[str, ...]
+    topk: int
+    baselines: tuple[str, ...]
+    retrieval_k: int
+    decoding: DecodingSettings
+    metrics: MetricSettings
+    split: SplitSettings
+    judge: JudgeSettings
+
+
+def run_settings(args: argparse.Namespace) -> RunSettings:
+    return RunSettings(
+        output_dir=Path(args.output_dir), methods=tuple(args.methods), topk=args.topk, baselines=tuple(args.baselines),
+        retrieval_k=args.retrieval_k,
+        decoding=DecodingSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                  max_prompt_len=args.max_prompt_len, dtype=args.dtype),
+        metrics=MetricSettings(missing_confidence=args.missing_confidence, n_bins=args.n_bins,
+                               bootstrap=args.bootstrap, seed=args.seed, confidence_readout=args.confidence_readout),
+        split=SplitSettings(dev_fraction=args.dev_fraction, recalibrate=args.recalibrate, seed=args.seed),
+        judge=JudgeSettings(judge=args.judge, truthfulqa_metric=args.truthfulqa_metric,
+                            judge_base_url=args.judge_base_url, judge_model=args.judge_model,
+                            judge_api_key_env=args.judge_api_key_env, judge_concurrency=args.judge_concurrency,
+                            judge_max_retries=args.judge_max_retries, judge_timeout=args.judge_timeout,
+                            judge_cache=args.judge_cache or Path(args.output_dir) / "judge_cache.jsonl"))
+
+
 def parse_named(specs: Sequence[str], flag: str, name_of_path=lambda p: Path(p).name) -> list[tuple[str, str | None]]:
     named = []
     for spec in specs:
@@ -129,31 +163,32 @@ def checked_checkpoint(path: str):
     return tokenizer
 
 
-def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Judging, args, retriever,
-                 dev: set[str]) -> dict:
-    method = get_method(row.method, k=args.topk)
-    folder = Path(args.output_dir) / row.checkpoint / row.benchmark / row.method
+def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Judging,
+                 settings: RunSettings, retriever, dev: set[str]) -> dict:
+    decoding, metrics = settings.decoding, settings.metrics
+    method = get_method(row.method, k=settings.topk)
+    folder = settings.output_dir / row.checkpoint / row.benchmark / row.method
     prompts = {q["id"]: method.build(q["question"], tokenizer) for q in questions}
-    source = generation_source(row.path, args)
+    source = generation_source(row.path, decoding)
     special_tokens = not method.uses_chat_template(tokenizer)
-    responses = generate_missing(model, tokenizer, prompts, folder / "generations.jsonl", args.batch_size,
-                                 args.max_new_tokens, args.max_prompt_len, desc=row.key, source=source,
+    responses = generate_missing(model, tokenizer, prompts, folder / "generations.jsonl", decoding.batch_size,
+                                 decoding.max_new_tokens, decoding.max_prompt_len, desc=row.key, source=source,
                                  special_tokens=special_tokens)
-    baselines = [b for b in args.baselines if b != "popularity" or carries_popularity(questions)]
+    baselines = [b for b in settings.baselines if b != "popularity" or carries_popularity(questions)]
     # the prompts as generation encoded them, for the passes that score a response after its prompt
-    prompt_ids = ({qid: encode_prompt(tokenizer, prompt, args.max_prompt_len, special_tokens)
+    prompt_ids = ({qid: encode_prompt(tokenizer, prompt, decoding.max_prompt_len, special_tokens)
                    for qid, prompt in prompts.items()}
-                  if args.confidence_readout == "expected" or "answer_logprob" in baselines else {})
+                  if metrics.confidence_readout == "expected" or "answer_logprob" in baselines else {})
     distributions = None
-    if args.confidence_readout == "expected":
+    if metrics.confidence_readout == "expected":
         items = {qid: (ids, responses[qid]) for qid, ids in prompt_ids.items()}
         distributions = confidence_distributions(model, tokenizer, items, folder / "confidence_distributions.jsonl",
-                                                 args.batch_size, source, desc=f"{row.key} readout")
+                                                 decoding.batch_size, source, desc=f"{row.key} readout")
     records = judged_records(questions, responses, method, lambda a: judging.verdicts(row.benchmark, questions, a),
                              distributions)
     if "answer_logprob" in baselines:
         items = {r["id"]: (prompt_ids[r["id"]], r["response"], r["answer"]) for r in records}
-        means = answer_log_probs(model, tokenizer, items, args.batch_size, desc=f"{row.key} answer_logprob")
+        means = answer_log_probs(model, tokenizer, items, decoding.batch_size, desc=f"{row.key} answer_logprob")
         for record in records:
             record["answer_logprob"] = means[record["id"]]
     if dev:
@@ -161,41 +196,43 @@ def evaluate_row(row: Row, model, tokenizer, questions: list[dict], judging: Jud
             record["split"] = "dev" if record["id"] in dev else "test"
     write_jsonl(folder / "predictions.jsonl", records)
     test = [r for r in records if r.get("split") != "dev"]
-    summary = summarize_records(test, args, baselines)
+    summary = summarize_records(test, metrics, baselines)
     if dev:
-        summary.update(split_summary(records, args))
+        summary.update(split_summary(records, settings.split, metrics))
     summary.update(checkpoint=row.path, benchmark=row.benchmark, method=row.method, judge=judging.name(row.benchmark))
     judged = [r for r in test if r["correct"] is not None]
     for name in (None, *baselines):
         conf, corr = confidence_and_correct(judged if name is None else with_baseline(judged, name),
-                                            args.missing_confidence)
+                                            metrics.missing_confidence)
         reliability_diagram(conf, corr, folder / (f"reliability_{name}.png" if name else "reliability.png"),
-                            n_bins=args.n_bins, title=f"{row.key}+{name}" if name else row.key)
+                            n_bins=metrics.n_bins, title=f"{row.key}+{name}" if name else row.key)
     if retriever is not None:
         summary["retrieval"] = adaptive_retrieval(row, model, tokenizer, questions, records, method, judging,
-                                                  retriever, folder, source, args)
+                                                  retriever, folder, source, settings)
     write_json(folder / "summary.json", summary)
     return summary
 
 
 def adaptive_retrieval(row: Row, model, tokenizer, questions, records, method, judging, retriever, folder,
-                       source: str, args):
+                       source: str, settings: RunSettings):
     """Answer again with the top-k passages, then sweep the confidence threshold over the test questions; with a
     dev split, retrieval.json holds that ``sweep`` and the τ chosen on dev (``tau_dev``, see tau_on_dev)."""
-    evidence = retriever.retrieve([q["question"] for q in questions], args.retrieval_k)
+    decoding, metrics = settings.decoding, settings.metrics
+    evidence = retriever.retrieve([q["question"] for q in questions], settings.retrieval_k)
     prompts = {q["id"]: method.build(q["question"], tokenizer, evidence=ev) for q, ev in zip(questions, evidence)}
-    responses = generate_missing(model, tokenizer, prompts, folder / "generations_rag.jsonl", args.batch_size,
-                                 args.max_new_tokens, args.max_prompt_len, desc=f"{row.key} +retrieval", source=source,
+    responses = generate_missing(model, tokenizer, prompts, folder / "generations_rag.jsonl", decoding.batch_size,
+                                 decoding.max_new_tokens, decoding.max_prompt_len, desc=f"{row.key} +retrieval",
+                                 source=source,
                                  special_tokens=not method.uses_chat_template(tokenizer))
     rag = judged_records(questions, responses, method, lambda a: judging.verdicts(row.benchmark, questions, a))
     write_jsonl(folder / "predictions_rag.jsonl", rag)
     both = [(r, g) for r, g in zip(records, rag) if r["correct"] is not None and g["correct"] is not None]
-    test = gated([(r, g) for r, g in both if r.get("split") != "dev"], args.missing_confidence)
+    test = gated([(r, g) for r, g in both if r.get("split") != "dev"], metrics.missing_confidence)
     sweep = threshold_sweep(*test)
     result: list | dict = sweep
     if any("split" in r for r in records):
-        dev = gated([(r, g) for r, g in both if r["split"] == "dev"], args.missing_confidence)
-        result = {"sweep": sweep, "tau_dev": tau_on_dev(threshold_sweep(*dev), *test, args.bootstrap, args.seed)
+        dev = gated([(r, g) for r, g in both if r["split"] == "dev"], metrics.missing_confidence)
+        result = {"sweep": sweep, "tau_dev": tau_on_dev(threshold_sweep(*dev), *test, metrics.bootstrap, metrics.seed)
                   if dev[0] else None}  # None: no dev question judged both ways
     write_json(folder / "retrieval.json", result)
     plot_sweep(sweep, folder / "retrieval.png", title=f"{row.key}: confidence-gated retrieval")
@@ -210,26 +247,27 @@ def gated(pairs: list[tuple[dict, dict]], missing_confidence: float) -> tuple[li
 
 def run(args: argparse.Namespace) -> dict[Row, dict]:
     set_seed(args.seed)
-    check_recalibration_flags(args)
+    settings = run_settings(args)
+    check_recalibration_flags(settings.split)
     checkpoints = parse_named(args.checkpoints, "--checkpoints")
     benchmarks = parse_named(args.benchmarks, "--benchmarks")
-    out_dir = Path(args.output_dir)
+    out_dir = settings.output_dir
     check_output_folder(out_dir, "--output_dir", overwrite=args.overwrite_output_dir)
     check_apart_from_inputs(out_dir, {"--checkpoints": [path for _, path in checkpoints],
                                       "--benchmarks": [path for _, path in benchmarks],
                                       "--retrieval_corpus": [args.retrieval_corpus]})
-    for name in args.methods:
+    for name in settings.methods:
         try:
-            get_method(name, k=args.topk)
+            get_method(name, k=settings.topk)
         except ValueError as err:
             raise UserError(f"--methods: {err}") from None
     tokenizers = {name: checked_checkpoint(path) for name, path in checkpoints}
     questions = {name: load_benchmark(benchmark_kind(name), path, args.max_examples, args.seed)
                  for name, path in benchmarks}
-    check_judging(args, questions)
-    dev = dev_splits(args, questions)
+    check_judging(settings.judge, questions)
+    dev = dev_splits(settings.split, questions)
     for name, items in questions.items():
-        if "popularity" in args.baselines and not carries_popularity(items):
+        if "popularity" in settings.baselines and not carries_popularity(items):
             print(f"[step 4] --baselines popularity: skipped on {name}, whose questions carry no popularity "
                   "percentile (the facts world's do)", flush=True)
     retriever = BM25Retriever(load_passages(args.retrieval_corpus)) if args.retrieval_corpus else None
@@ -237,13 +275,13 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
     with output_lock(out_dir, "--output_dir"):
         claim_output_folder(out_dir)
         earlier = earlier_results(out_dir)
-        judging = Judging(args)
+        judging = Judging(settings.judge)
         out_dir.mkdir(parents=True, exist_ok=True)
         mark_output(out_dir)
-        summaries = evaluate_checkpoints(checkpoints, tokenizers, benchmarks, questions, judging, args, retriever,
-                                         dev)
+        summaries = evaluate_checkpoints(checkpoints, tokenizers, benchmarks, questions, judging, settings,
+                                         retriever, dev)
         kept = [row.key for row in earlier if row.key not in {r.key for r in summaries}]
-        markdown = write_reports(out_dir, merge_results(earlier, summaries), args.n_bins)
+        markdown = write_reports(out_dir, merge_results(earlier, summaries), settings.metrics.n_bins)
     if kept:
         print(f"[step 4] results.* also hold {len(kept)} row{'s' if len(kept) > 1 else ''} from earlier runs into "
               f"{out_dir}: {', '.join(kept)}", flush=True)
@@ -260,19 +298,19 @@ def run(args: argparse.Namespace) -> dict[Row, dict]:
 
 def evaluate_checkpoints(checkpoints: list[tuple[str, str]], tokenizers: dict[str, Any],
                          benchmarks: list[tuple[str, str | None]], questions: dict[str, list[dict]], judging: Judging,
-                         args: argparse.Namespace, retriever, dev: dict[str, set[str]]) -> dict[Row, dict]:
+                         settings: RunSettings, retriever, dev: dict[str, set[str]]) -> dict[Row, dict]:
     """Every row of this run, one checkpoint's weights in memory at a time."""
     summaries: dict[Row, dict] = {}
     for checkpoint, path in checkpoints:
         start = time.time()
         tokenizer = tokenizers[checkpoint]  # the evaluated checkpoint's own
-        model = create_causal_lm(path, tokenizer, args.dtype).eval()
+        model = create_causal_lm(path, tokenizer, settings.decoding.dtype).eval()
         if torch.cuda.is_available():
             model = model.cuda()
         for benchmark, _ in benchmarks:
-            for method in args.methods:
+            for method in settings.methods:
                 row = Row(checkpoint, path, benchmark, method)
-                summaries[row] = evaluate_row(row, model, tokenizer, questions[benchmark], judging, args, retriever,
-                                              dev[benchmark])
+                summaries[row] = evaluate_row(row, model, tokenizer, questions[benchmark], judging, settings,
+                                              retriever, dev[benchmark])
         print(f"[step 4] {checkpoint}: {time.time() - start:.1f}s", flush=True)
     return summaries

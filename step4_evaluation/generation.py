@@ -7,27 +7,28 @@ stopped. A cached response is reused only for the same prompt and the same ``sou
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
 
 from tqdm import tqdm
 
+from step4_evaluation.settings import DecodingSettings
 from utils.collate import encode_prompt
 from utils.generation import GenerationSettings, generate, response_ids
 from utils.jsonl import read_jsonl
 from utils.training import batched
 
 
-def generation_source(checkpoint: str, args: argparse.Namespace) -> str:
+def generation_source(checkpoint: str, decoding: DecodingSettings) -> str:
     """What a cached response depends on: the checkpoint's files (name, size, modification time; a hub
     name as given) and the generation flags. A retrained checkpoint or a regenerated world under the
     same names must not be answered from an earlier run's cache."""
     path = Path(checkpoint)
     files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else []
     parts = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files] or [checkpoint]
-    parts += [f"max_new_tokens={args.max_new_tokens}", f"max_prompt_len={args.max_prompt_len}", f"dtype={args.dtype}"]
+    parts += [f"max_new_tokens={decoding.max_new_tokens}", f"max_prompt_len={decoding.max_prompt_len}",
+              f"dtype={decoding.dtype}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

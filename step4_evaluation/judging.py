@@ -8,13 +8,12 @@ from the judge's cache); ``confidence`` is None where the response states none.
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 from urllib.parse import urlparse
 
 from step4_evaluation import judges
 from step4_evaluation.benchmarks import benchmark_kind
 from step4_evaluation.confidence_readout import expected_confidence
+from step4_evaluation.settings import JudgeSettings
 from utils.errors import UserError
 
 JUDGES = ("auto", "exact_match", "token_f1", "truthfulqa_reference", "llm")
@@ -27,23 +26,23 @@ def judge_name(judge: str, benchmark: str) -> str:
     return "truthfulqa_reference" if benchmark_kind(benchmark) == "truthfulqa" else "exact_match"
 
 
-def check_judging(args: argparse.Namespace, questions: dict[str, list[dict]]) -> None:
+def check_judging(settings: JudgeSettings, questions: dict[str, list[dict]]) -> None:
     """What the judges need, refused before any generation (judging comes after it)."""
     for benchmark, items in questions.items():
-        if judge_name(args.judge, benchmark) == "truthfulqa_reference" and any(not q.get("incorrect_answers")
+        if judge_name(settings.judge, benchmark) == "truthfulqa_reference" and any(not q.get("incorrect_answers")
                                                                               for q in items):
             raise UserError(f"--judge truthfulqa_reference needs incorrect reference answers, which --benchmarks "
                             f"{benchmark} does not have; use exact_match, token_f1 or llm")
-    if args.judge != "llm":
+    if settings.judge != "llm":
         return
     from step4_evaluation.llm_judge import api_key
 
-    url = urlparse(args.judge_base_url) if args.judge_base_url is not None else None
+    url = urlparse(settings.judge_base_url) if settings.judge_base_url is not None else None
     if url is not None and (url.scheme not in ("http", "https") or not url.netloc):  # else: every request fails
-        raise UserError(f"--judge_base_url {args.judge_base_url}: not an http(s) URL; give the judge server's "
+        raise UserError(f"--judge_base_url {settings.judge_base_url}: not an http(s) URL; give the judge server's "
                         "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     try:
-        api_key(args.judge_api_key_env)
+        api_key(settings.judge_api_key_env)
     except ValueError as err:
         raise UserError(f"--judge llm: {err}; export it, or name another with --judge_api_key_env") from None
 
@@ -51,12 +50,12 @@ def check_judging(args: argparse.Namespace, questions: dict[str, list[dict]]) ->
 class Judging:
     """Chooses the judge per benchmark and runs it; LLM verdicts are cached on disk by the judge."""
 
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.llm = self._llm_judge() if args.judge == "llm" else None
+    def __init__(self, settings: JudgeSettings):
+        self.settings = settings
+        self.llm = self._llm_judge() if settings.judge == "llm" else None
 
     def name(self, benchmark: str) -> str:
-        return judge_name(self.args.judge, benchmark)
+        return judge_name(self.settings.judge, benchmark)
 
     def verdicts(self, benchmark: str, questions: list[dict], answers: list[str]) -> list[judges.Verdict]:
         name = self.name(benchmark)
@@ -69,7 +68,7 @@ class Judging:
             return self.llm.judge_many(items)
         if name == "truthfulqa_reference":  # check_judging made sure of the incorrect answers
             return [judges.judge_truthfulqa_reference(a, q["answers"], q.get("incorrect_answers") or [],
-                                                      metric=self.args.truthfulqa_metric)
+                                                      metric=self.settings.truthfulqa_metric)
                     for q, a in zip(questions, answers)]
         single = judges.judge_token_f1 if name == "token_f1" else judges.judge_exact_match
         return [single(a, q["answers"]) for q, a in zip(questions, answers)]
@@ -78,11 +77,10 @@ class Judging:
         from step4_evaluation.llm_judge import LLMJudge
 
         try:
-            return LLMJudge(base_url=self.args.judge_base_url, model=self.args.judge_model,
-                            api_key_env=self.args.judge_api_key_env,
-                            cache_path=self.args.judge_cache or Path(self.args.output_dir) / "judge_cache.jsonl",
-                            max_concurrency=self.args.judge_concurrency,
-                            max_retries=self.args.judge_max_retries, timeout=self.args.judge_timeout)
+            s = self.settings
+            return LLMJudge(base_url=s.judge_base_url, model=s.judge_model, api_key_env=s.judge_api_key_env,
+                            cache_path=s.judge_cache, max_concurrency=s.judge_concurrency,
+                            max_retries=s.judge_max_retries, timeout=s.judge_timeout)
         except ValueError as err:
             raise UserError(f"--judge llm: {err}") from None
 

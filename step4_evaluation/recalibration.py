@@ -11,7 +11,6 @@ confidences into ties and can lower AUROC, while a monotone smooth map (Platt) l
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -21,6 +20,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from step4_evaluation.metrics import auroc, bin_index, bin_statistics, bootstrap_ci, brier, confidence_and_correct, ece
+from step4_evaluation.settings import MetricSettings, SplitSettings
 from utils.errors import UserError
 
 RECALIBRATORS = ("none", "platt", "isotonic", "histogram")
@@ -38,21 +38,21 @@ def dev_ids(ids: Sequence[str], fraction: float, seed: int, benchmark: str) -> s
     return set(order[:round(fraction * len(order))])
 
 
-def check_recalibration_flags(args: argparse.Namespace) -> None:
-    if args.recalibrate != "none" and args.dev_fraction == 0:
-        raise UserError(f"--recalibrate {args.recalibrate} is fitted on held-out questions: give --dev_fraction > 0 "
+def check_recalibration_flags(split: SplitSettings) -> None:
+    if split.recalibrate != "none" and split.dev_fraction == 0:
+        raise UserError(f"--recalibrate {split.recalibrate} is fitted on held-out questions: give --dev_fraction > 0 "
                         "(e.g. 0.3), or drop --recalibrate")
 
 
-def dev_splits(args: argparse.Namespace, questions: dict[str, list[dict]]) -> dict[str, set[str]]:
+def dev_splits(split: SplitSettings, questions: dict[str, list[dict]]) -> dict[str, set[str]]:
     """Each benchmark's dev ids (none without ``--dev_fraction``), refused when dev or test would be empty."""
-    if args.dev_fraction == 0:
+    if split.dev_fraction == 0:
         return {name: set() for name in questions}
     splits = {}
     for name, items in questions.items():
-        splits[name] = dev_ids([q["id"] for q in items], args.dev_fraction, args.seed, name)
+        splits[name] = dev_ids([q["id"] for q in items], split.dev_fraction, split.seed, name)
         if not 0 < len(splits[name]) < len(items):
-            raise UserError(f"--dev_fraction {args.dev_fraction}: {name} has {len(items)} questions, which leaves "
+            raise UserError(f"--dev_fraction {split.dev_fraction}: {name} has {len(items)} questions, which leaves "
                             f"{len(splits[name])} for dev and {len(items) - len(splits[name])} for test; both need "
                             "one at least: choose another fraction or more questions (--max_examples)")
     return splits
@@ -134,27 +134,27 @@ def recalibrated_test(records: list[dict], fitted: Recalibration, missing_confid
     return np.clip(fitted.apply(conf), 0.0, 1.0), corr  # float rounding must not leave [0, 1]
 
 
-def split_summary(records: list[dict], args: argparse.Namespace) -> dict[str, Any]:
+def split_summary(records: list[dict], split: SplitSettings, metrics: MetricSettings) -> dict[str, Any]:
     """``dev``: n, accuracy, ECE and failed judgments of the row's dev answers; with ``--recalibrate``, the
     map fitted on them (``recalibration``) and the test answers' ECE, Brier and AUROC under it (with
     ``--bootstrap``, their intervals in ``ci_recalibrated``, the resamples of the raw ``ci``)."""
     dev = [r for r in records if r["split"] == "dev" and r["correct"] is not None]
-    dev_conf, dev_corr = confidence_and_correct(dev, args.missing_confidence)
+    dev_conf, dev_corr = confidence_and_correct(dev, metrics.missing_confidence)
     summary: dict[str, Any] = {"dev": {
         "n": len(dev), "judge_failures": sum(r["split"] == "dev" for r in records) - len(dev),
         "accuracy": float(dev_corr.mean()) if dev else float("nan"),
-        "ece": ece(dev_conf, dev_corr, args.n_bins) if dev else float("nan")}}
-    if args.recalibrate == "none":
+        "ece": ece(dev_conf, dev_corr, metrics.n_bins) if dev else float("nan")}}
+    if split.recalibrate == "none":
         return summary
     if not dev:
-        raise UserError(f"--recalibrate {args.recalibrate}: no dev answer could be judged, nothing to fit on; see "
+        raise UserError(f"--recalibrate {split.recalibrate}: no dev answer could be judged, nothing to fit on; see "
                         "judge_reason in predictions.jsonl and rerun once the judge works (generations are cached)")
-    fitted = fit_on_dev(records, args.recalibrate, args.missing_confidence, args.n_bins)
-    recalibrated, corr = recalibrated_test(records, fitted, args.missing_confidence)
-    metrics = {"ece": lambda c, y: ece(c, y, args.n_bins), "brier": brier, "auroc": auroc}
-    summary.update({f"{name}_recalibrated": metrics[name](recalibrated, corr) for name in RECALIBRATED})
-    if args.bootstrap > 0:
-        summary["ci_recalibrated"] = {name: list(bootstrap_ci(metrics[name], recalibrated, corr, args.bootstrap,
-                                                              seed=args.seed)) for name in RECALIBRATED}
+    fitted = fit_on_dev(records, split.recalibrate, metrics.missing_confidence, metrics.n_bins)
+    recalibrated, corr = recalibrated_test(records, fitted, metrics.missing_confidence)
+    scorers = {"ece": lambda c, y: ece(c, y, metrics.n_bins), "brier": brier, "auroc": auroc}
+    summary.update({f"{name}_recalibrated": scorers[name](recalibrated, corr) for name in RECALIBRATED})
+    if metrics.bootstrap > 0:
+        summary["ci_recalibrated"] = {name: list(bootstrap_ci(scorers[name], recalibrated, corr, metrics.bootstrap,
+                                                              seed=metrics.seed)) for name in RECALIBRATED}
     summary["recalibration"] = {"method": fitted.method, "fitted_on": len(dev), "map": fitted.map}
     return summary

@@ -11,7 +11,6 @@ its row. JSON is written atomically, NaN as null.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 
 from step4_evaluation.answer_logprob import with_baseline
 from step4_evaluation.metrics import auroc, confidence_and_correct, ece, summarize
+from step4_evaluation.settings import MetricSettings
 from utils.confidence import ParsedConfidence, count_statuses
 from utils.errors import UserError
 from utils.files import atomic_file
@@ -48,22 +48,22 @@ class Row:
         return f"{self.checkpoint}/{self.benchmark}/{self.method}"
 
 
-def confidence_summary(judged: list[dict], args: argparse.Namespace) -> dict[str, Any]:
+def confidence_summary(judged: list[dict], metrics: MetricSettings) -> dict[str, Any]:
     """:func:`summarize` of the judged records' ``confidence``, and inside each difficulty level its n, accuracy,
     mean confidence, AUROC, ECE, Brier and their bootstrap intervals (``ci``, with ``--bootstrap`` > 0)."""
-    summary_of = partial(summarize, missing_confidence=args.missing_confidence, n_bins=args.n_bins,
-                         bootstrap=args.bootstrap, seed=args.seed)
+    summary_of = partial(summarize, missing_confidence=metrics.missing_confidence, n_bins=metrics.n_bins,
+                         bootstrap=metrics.bootstrap, seed=metrics.seed)
     summary = summary_of(judged)
     summary["by_difficulty"] = {}
     for level in sorted({r["difficulty"] for r in judged if r.get("difficulty")}):
         group = [r for r in judged if r.get("difficulty") == level]
-        conf, _ = confidence_and_correct(group, args.missing_confidence)
+        conf, _ = confidence_and_correct(group, metrics.missing_confidence)
         summary["by_difficulty"][level] = {"mean_confidence": float(conf.mean()),
                                            **{k: v for k, v in summary_of(group).items() if k in DIFFICULTY_KEYS}}
     return summary
 
 
-def summarize_records(records: list[dict], args: argparse.Namespace, baselines: Sequence[str] = ()) -> dict[str, Any]:
+def summarize_records(records: list[dict], metrics: MetricSettings, baselines: Sequence[str] = ()) -> dict[str, Any]:
     """Metrics over judged examples (failed judgments excluded and counted), plus the view per difficulty; the
     same with each of ``baselines`` as the confidence under ``baselines``."""
     judged = [r for r in records if r["correct"] is not None]
@@ -71,21 +71,22 @@ def summarize_records(records: list[dict], args: argparse.Namespace, baselines: 
         first = f" ({records[0]['judge_reason']})" if records else ""
         raise UserError(f"no example could be judged{first}; see judge_reason in predictions.jsonl and rerun once the "
                         "judge works (generations are cached)")
-    summary = confidence_summary(judged, args)
+    summary = confidence_summary(judged, metrics)
     summary["judge_failures"] = len(records) - len(judged)
     # the missing-confidence policy can make AUROC (a model that drops the confidence on the answers it
     # gets wrong scores well): report it also over the answers that state one
     stated = [r for r in judged if r["confidence"] is not None]
     summary["n_stated"] = len(stated)
-    summary["auroc_stated"] = auroc(*confidence_and_correct(stated, args.missing_confidence)) if stated else float("nan")
+    summary["auroc_stated"] = (auroc(*confidence_and_correct(stated, metrics.missing_confidence)) if stated
+                               else float("nan"))
     summary["confidence_statuses"] = count_statuses(_parsed(r) for r in judged)
-    summary["confidence_readout"] = args.confidence_readout
-    if args.confidence_readout != "stated":  # the paper's readout beside it, on the same answers
+    summary["confidence_readout"] = metrics.confidence_readout
+    if metrics.confidence_readout != "stated":  # the paper's readout beside it, on the same answers
         stated_conf, stated_corr = confidence_and_correct([{**r, "confidence": r["stated_confidence"]} for r in judged],
-                                                          args.missing_confidence)
-        summary["stated_readout"] = {"ece": ece(stated_conf, stated_corr, args.n_bins),
+                                                          metrics.missing_confidence)
+        summary["stated_readout"] = {"ece": ece(stated_conf, stated_corr, metrics.n_bins),
                                      "auroc": auroc(stated_conf, stated_corr)}
-    summary["baselines"] = {name: confidence_summary(with_baseline(judged, name), args) for name in baselines}
+    summary["baselines"] = {name: confidence_summary(with_baseline(judged, name), metrics) for name in baselines}
     return summary
 
 

@@ -10,7 +10,7 @@ import torch
 from step4_evaluation.benchmarks import load_benchmark
 from step4_evaluation.confidence_readout import (CONFIDENCE_GRID, candidates, expected_confidence,
                                                  grid_log_probs)
-from step4_evaluation.evaluate import build_parser, run
+from step4_evaluation.evaluate import build_parser, run, run_settings
 from step4_evaluation.generation import generation_source
 from utils.collate import encode_prompt
 from utils.confidence import confidence_value_start
@@ -82,7 +82,7 @@ def test_step4_expected_readout_replaces_stated_numbers_only(tmp_path, toy_world
     responses = [" red\n### Confidence: 0.9", " red\n### Confidence: 0.1", " red"]
     folder = tmp_path / "out/tiny/toy/zero_shot"
     folder.mkdir(parents=True)
-    source = generation_source(str(checkpoint), args)
+    source = generation_source(str(checkpoint), run_settings(args).decoding)
     (folder / "generations.jsonl").write_text("".join(
         json.dumps({"id": q["id"], "prompt": build_prompt(q["question"]), "response": r, "source": source}) + "\n"
         for q, r in zip(chosen, responses)))

@@ -10,7 +10,7 @@ import pytest
 from test_llm_judge import KEY_ENV, SECRET, FakeServer
 
 from step4_evaluation.benchmarks import load_benchmark
-from step4_evaluation.evaluate import build_parser, run
+from step4_evaluation.evaluate import build_parser, run, run_settings
 from utils.errors import UserError
 from utils.model import save_hf_checkpoint
 from worlds.toy_world import create_tiny_llama
@@ -82,11 +82,11 @@ def test_llm_judge_outage_exits_and_resumes_from_the_cache(tmp_path, tiny_checkp
 def test_auroc_over_stated_confidences_ignores_the_missing_ones():
     from step4_evaluation.reports import summarize_records
 
-    args = build_parser().parse_args(["--checkpoints", "x", "--bootstrap", "0"])
+    metrics = run_settings(build_parser().parse_args(["--checkpoints", "x", "--bootstrap", "0"])).metrics
     # two wrong answers drop their confidence: with missing = 0.0 they make AUROC look perfect
     records = [{"confidence": c, "confidence_status": "ok" if c is not None else "missing", "correct": y,
                 "difficulty": None} for c, y in [(0.4, 1), (0.4, 1), (0.4, 0), (None, 0), (None, 0)]]
-    summary = summarize_records(records, args)
+    summary = summarize_records(records, metrics)
     # AUROC with missing -> 0.0: positives (0.4, 0.4) vs negatives (0.4, 0, 0): (0.5 + 1 + 1) / 3 each
     assert summary["auroc"] == pytest.approx(2.5 / 3)
     assert summary["auroc_stated"] == pytest.approx(0.5) and summary["n_stated"] == 3
@@ -342,8 +342,8 @@ def test_per_difficulty_intervals_only_with_bootstrap():
                for c, y, d in [(0.9, 1, "easy"), (0.2, 0, "easy"), (0.6, 1, "easy"), (0.5, 0, "hard"),
                                (0.4, 1, "hard")]]
     for bootstrap, has_ci in (("0", False), ("50", True)):
-        args = build_parser().parse_args(["--checkpoints", "x", "--bootstrap", bootstrap])
-        easy = summarize_records(records, args)["by_difficulty"]["easy"]
+        metrics = run_settings(build_parser().parse_args(["--checkpoints", "x", "--bootstrap", bootstrap])).metrics
+        easy = summarize_records(records, metrics)["by_difficulty"]["easy"]
         assert ("ci" in easy) is has_ci
         assert easy["ece"] == pytest.approx((0.1 + 0.2 + 0.4) / 3) and easy["brier"] == pytest.approx(0.07)
         assert easy["n"] == 3 and easy["accuracy"] == pytest.approx(2 / 3) and easy["auroc"] == 1.0

@@ -8,6 +8,7 @@ import pytest
 
 from step4_evaluation.metrics import auroc, ece
 from step4_evaluation.recalibration import dev_ids, dev_splits, fit_recalibration, split_summary
+from step4_evaluation.settings import MetricSettings, SplitSettings
 from utils.args import share_below_one
 from utils.errors import UserError
 
@@ -26,13 +27,14 @@ def test_the_split_is_sized_by_the_fraction_and_seeded():
 
 def test_dev_splits_are_one_per_benchmark_and_refuse_an_empty_side():
     questions = {"toy": [{"id": i} for i in IDS[:10]], "nq_open": [{"id": f"nq-{i}"} for i in range(4)]}
-    args = argparse.Namespace(dev_fraction=0.5, seed=3)
-    splits = dev_splits(args, questions)
+    split = SplitSettings(dev_fraction=0.5, recalibrate="none", seed=3)
+    splits = dev_splits(split, questions)
     assert {name: len(ids) for name, ids in splits.items()} == {"toy": 5, "nq_open": 2}
-    assert splits == dev_splits(args, questions)  # every row of a benchmark gets this same set
-    assert dev_splits(argparse.Namespace(dev_fraction=0.0, seed=3), questions) == {"toy": set(), "nq_open": set()}
+    assert splits == dev_splits(split, questions)  # every row of a benchmark gets this same set
+    none = SplitSettings(dev_fraction=0.0, recalibrate="none", seed=3)
+    assert dev_splits(none, questions) == {"toy": set(), "nq_open": set()}
     with pytest.raises(UserError, match=r"^--dev_fraction 0.1: nq_open has 4 questions, which leaves 0 for dev"):
-        dev_splits(argparse.Namespace(dev_fraction=0.1, seed=3), questions)
+        dev_splits(SplitSettings(dev_fraction=0.1, recalibrate="none", seed=3), questions)
 
 
 @pytest.mark.parametrize("text", ["1", "1.5", "-0.1", "nan"])
@@ -96,16 +98,16 @@ def _records(pairs, split):
     return [{"id": f"{split}-{i}", "confidence": c, "correct": y, "split": split} for i, (c, y) in enumerate(pairs)]
 
 
-def _args(**kwargs):
-    return argparse.Namespace(**{"missing_confidence": 0.0, "n_bins": 10, "bootstrap": 0, "seed": 0,
-                                 "recalibrate": "isotonic", **kwargs})
+def _settings(recalibrate: str = "isotonic", bootstrap: int = 0) -> tuple[SplitSettings, MetricSettings]:
+    return (SplitSettings(dev_fraction=0.5, recalibrate=recalibrate, seed=0),
+            MetricSettings(missing_confidence=0.0, n_bins=10, bootstrap=bootstrap, seed=0, confidence_readout="stated"))
 
 
 def test_split_summary_fits_on_dev_and_scores_test_only():
     # dev: 0.9 is right half the time; test: the same, plus a failed judgment on each side
     dev = _records([(0.9, 1), (0.9, 0), (0.2, 0), (None, 0), (0.9, None)], "dev")
     test = _records([(0.9, 1), (0.9, 0), (0.9, 1), (0.2, 0), (0.9, None)], "test")
-    summary = split_summary(dev + test, _args(recalibrate="histogram", bootstrap=30))
+    summary = split_summary(dev + test, *_settings(recalibrate="histogram", bootstrap=30))
     assert summary["dev"] == {"n": 4, "judge_failures": 1, "accuracy": 0.25,
                               "ece": pytest.approx((2 * 0.4 + 0.2) / 4)}
     assert summary["recalibration"]["method"] == "histogram" and summary["recalibration"]["fitted_on"] == 4
@@ -114,18 +116,18 @@ def test_split_summary_fits_on_dev_and_scores_test_only():
     assert summary["brier_recalibrated"] == pytest.approx(3 * 0.25 / 4)
     assert summary["auroc_recalibrated"] == pytest.approx(0.75) == auroc([0.9, 0.9, 0.9, 0.2], [1, 0, 1, 0])
     assert set(summary["ci_recalibrated"]) == {"ece", "brier", "auroc"}
-    assert set(split_summary(dev + test, _args(recalibrate="none"))) == {"dev"}
+    assert set(split_summary(dev + test, *_settings(recalibrate="none"))) == {"dev"}
 
 
 def test_isotonic_ties_can_lower_auroc():
     dev = _records([(0.6, 1), (0.7, 0), (0.8, 1), (0.9, 0)], "dev")  # falling: pooled to one level, 0.5
     test = _records([(0.6, 0), (0.9, 1)], "test")
-    summary = split_summary(dev + test, _args())
+    summary = split_summary(dev + test, *_settings())
     assert auroc([0.6, 0.9], [0, 1]) == 1.0 and summary["auroc_recalibrated"] == 0.5  # a tie counts 1/2
 
 
 def test_no_judged_dev_answer_leaves_nothing_to_fit():
     records = _records([(0.9, None)], "dev") + _records([(0.9, 1)], "test")
     with pytest.raises(UserError, match=r"^--recalibrate isotonic: no dev answer could be judged"):
-        split_summary(records, _args())
-    assert split_summary(records, _args(recalibrate="none"))["dev"]["n"] == 0
+        split_summary(records, *_settings())
+    assert split_summary(records, *_settings(recalibrate="none"))["dev"]["n"] == 0
