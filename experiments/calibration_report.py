@@ -47,7 +47,7 @@ def ece_floors(s: Settings, variant: str) -> list[float]:
     floors = []
     for seed in s.seeds:
         path = s.results(seed) / variant / "toy/zero_shot/predictions.jsonl"
-        confidence, _ = confidence_and_correct(json.loads(line) for line in path.read_text().splitlines())
+        confidence, _ = confidence_and_correct(read_jsonl(path))
         floors.append(ece_if_calibrated(confidence))
     return floors
 

@@ -12,6 +12,7 @@ from test_llm_judge import KEY_ENV, SECRET, FakeServer
 from step4_evaluation.benchmarks import load_benchmark
 from step4_evaluation.evaluate import build_parser, run, run_settings
 from utils.errors import UserError
+from utils.jsonl import read_jsonl
 from utils.model import save_hf_checkpoint
 from worlds.toy_world import create_tiny_llama
 
@@ -41,7 +42,7 @@ def test_benchmarks_methods_and_reports(tmp_path, tiny_checkpoint):
     judges = {(row.benchmark, s["judge"]) for row, s in summaries.items()}
     assert judges == {("truthfulqa", "truthfulqa_reference"), ("nq_open", "exact_match")}
     row = tmp_path / "tiny/truthfulqa/topk"
-    records = [json.loads(line) for line in (row / "predictions.jsonl").read_text().splitlines()]
+    records = _predictions(row)
     assert len(records) == 6 and all(r["judge"] == "truthfulqa_rougeL" and "rougeL" in r["judge_reason"] for r in records)
     assert (row / "reliability.png").stat().st_size > 1000
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
@@ -65,7 +66,7 @@ def test_llm_judge_outage_exits_and_resumes_from_the_cache(tmp_path, tiny_checkp
             run(args)
         assert str(info.value).startswith(f"1 judgments failed (the LLM judge at {server.base_url}: see judge_reason "
                                           "in predictions.jsonl); the finished ones are cached — rerun")
-        records = [json.loads(line) for line in (tmp_path / "tiny/nq_open/vanilla/predictions.jsonl").read_text().splitlines()]
+        records = _predictions(tmp_path / "tiny/nq_open/vanilla")
         failed = [r for r in records if r["judge_status"] == "failed"]
         assert [r["question"] for r in failed] == [broken] and failed[0]["correct"] is None
         before = len(server.requests)
@@ -306,7 +307,7 @@ def test_baselines_score_the_same_answers_and_follow_their_row(tmp_path, tiny_ch
     summary = next(iter(run(_args(out, tiny_checkpoint, "--benchmarks", f"facts={_facts_file(tmp_path)}",
                                   "--baselines", "answer_logprob", "popularity", "--bootstrap", "20")).values()))
     folder = out / "tiny/facts/zero_shot"
-    records = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    records = _predictions(folder)
     assert sorted(r["popularity"] for r in records) == [10.0, 20.0, 40.0, 60.0, 80.0, 95.0]
     model = create_causal_lm(str(tiny_checkpoint), toy_tokenizer).eval()
     items = {r["id"]: (encode_prompt(toy_tokenizer, build_prompt(r["question"]), 1024), r["response"], r["answer"])
@@ -377,7 +378,7 @@ def test_recalibrate_without_a_dev_split_stops_at_start(tmp_path, tiny_checkpoin
 
 
 def _predictions(folder: Path, name: str = "predictions.jsonl") -> list[dict]:
-    return [json.loads(line) for line in (folder / name).read_text().splitlines()]
+    return read_jsonl(folder / name)
 
 
 def test_a_dev_split_reports_test_only_and_recalibrates_on_dev(tmp_path, tiny_checkpoint, toy_world_dir):
