@@ -194,7 +194,8 @@ def report(results: Path, models: Path, data: Path, out: Path) -> Path:
     reading = out.with_name(out.stem + "_reading.md")
     if reading.is_file():
         lines += ["## Reading", "", reading.read_text().strip(), ""]
-    lines += ["## Reliability diagrams", "", *copy_figures(frame, results, out.parent / "figures" / "smollm2")]
+    figures = out.parent / "figures" / out.stem.removeprefix("results_")  # one folder per report: profiles side by side
+    lines += ["## Reliability diagrams", "", *copy_figures(frame, results, figures)]
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, out)

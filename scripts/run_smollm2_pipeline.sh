@@ -10,7 +10,9 @@
 #
 #   --smoke      a handful of examples and steps, one step-3 run (recommended, RM quality) (CI: the path
 #                cannot rot); writes under runs/smollm2_smoke (CONQORD_SMOKE_DIR)
-#   --long       the stronger, ≤ 3 h profile of step 3 (exports CONQORD_SMOLLM2_PROFILE=long for run_step3.sh)
+#   --long       the stronger, ≤ 3 h profile of steps 3 and 4 (exports CONQORD_SMOLLM2_PROFILE=long for their
+#                scripts), into folders of its own beside the 60-minute profile's: model_pth/smollm2_long,
+#                results/smollm2_long, docs/results_smollm2_long.md (not embedded in docs/results.md)
 #   CONQORD_SMOLLM2_RUNS  the step-3 runs, space-separated (default: all six), each FORM (quality from the
 #                step-2 reward model, the paper's setting) or FORM_oracle (quality = exact match against the gold
 #                answers), FORM one of
@@ -75,7 +77,10 @@ optional_set CONQORD_TRUTHFULQA "$SHARED/TruthfulQA.csv" TruthfulQA \
 export CONQORD_WITH_SMOLLM2=1
 . scripts/setup_env.sh
 export CONQORD_PRESET=smollm2 HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
-if [ "$LONG" = 1 ]; then export CONQORD_SMOLLM2_PROFILE=long; fi
+if [ "$LONG" = 1 ]; then
+  export CONQORD_SMOLLM2_PROFILE=long CONQORD_SMOLLM2_OUT="${CONQORD_SMOLLM2_OUT:-model_pth/smollm2_long}" \
+         CONQORD_RESULTS="${CONQORD_RESULTS:-results/smollm2_long}"
+fi
 export CONQORD_SMOLLM2_BASE="${CONQORD_SMOLLM2_BASE:-model_pth/smollm2-135m-instruct}"
 data_flags=() s1=() s2=() s3=() s4=()
 if [ "$SMOKE" = 1 ]; then
@@ -124,5 +129,6 @@ mkdir -p "$RESULTS"
 timings_json "$RESULTS/timings.json"
 report=(--results "$RESULTS" --models "$OUT" --data "$DATA")
 if [ "$SMOKE" = 1 ]; then report+=(--report "$RUN/results_smollm2.md" --embed_in ""); fi
+if [ "$LONG" = 1 ]; then report+=(--report docs/results_smollm2_long.md --embed_in ""); fi
 python -m experiments.smollm2_report "${report[@]}"
 print_timings
