@@ -33,6 +33,7 @@ from step4_evaluation.recalibration import RECALIBRATORS
 from utils.args import Parser, seed, share_below_one
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = "runs/toy_ablation"  # the harness's working folder (checkpoints, logs, results)
 
 
 @dataclass(frozen=True)
@@ -425,7 +426,7 @@ QUICK_VARIANTS = ("ppo_alpha0", DIRECTION_VARIANT, "conqord_sum", "brier")
 
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/toy_ablation", help="Working folder (checkpoints, logs, results).")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="Working folder (checkpoints, logs, results).")
     parser.add_argument("--report", default="docs/results.md")
     parser.add_argument("--seeds", type=seed, nargs="+", default=[1, 2, 3])
     parser.add_argument("--ppo_steps", type=int, default=300)

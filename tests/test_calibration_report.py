@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from experiments import calibration_report as report
 from experiments.toy_ablation import SFT_METHODS, VARIANTS, Settings
 from step4_evaluation.metrics import ece_if_calibrated
+from worlds.toy_world import ToyWorldConfig
 
 LEVELS = ("easy", "medium", "hard")
 
@@ -65,6 +67,21 @@ def test_report_keeps_the_untuned_seed_apart(runs: Path, tmp_path: Path):
     assert "0.490 ± 0.000" in row and "-0.010 ± 0.000 | 0.030 ± 0.000" in row and "0.002 ± 0.000" in row and row.endswith("| 7/7 |")
     assert "- `brier_a4`: 7/7 targets met" in text
 
+
+
+def test_the_header_names_the_world_and_the_working_folder_when_not_the_default(runs: Path, tmp_path: Path):
+    variants = tuple(v for v in VARIANTS if v.name in ("ppo_alpha0", "brier_a4"))
+    text = report.write_report(runs, [1, 2], [7], variants, tmp_path / "r.md").read_text()
+    assert f"calibration_report --out {runs} --seeds 1 2" in text and "Toy world: the default world." in text
+    for seed, n_countries in ((1, 1200), (2, 1200), (7, 1200)):
+        data = runs / f"seed{seed}" / "data"
+        (data / "eval").mkdir(parents=True)
+        (data / "config.json").write_text(json.dumps({**asdict(ToyWorldConfig()), "seed": seed,
+                                                      "n_countries": n_countries, "sft_examples": 36000}))
+        (data / "eval" / "test.jsonl").write_text('{"question": "q"}\n' * 900)
+    text = report.write_report(runs, [1, 2], [7], variants, tmp_path / "r.md").read_text()
+    assert ("Toy world: a world generated with `--n_countries 1200`, `--sft_examples 36000`, 900 held-out questions "
+            "per seed.") in text
 
 def test_ppo_alpha0_is_required(runs: Path, tmp_path: Path):
     with pytest.raises(SystemExit):
