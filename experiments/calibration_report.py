@@ -231,7 +231,7 @@ def world_sentence(out: Path, seeds: list[int]) -> str:
             config = json.loads((data / "config.json").read_text())
             changed.update({k: v for k, v in config.items() if k != "seed" and defaults.get(k) != v})
         if (data / "eval" / "test.jsonl").is_file():
-            sizes.add(sum(1 for _ in read_jsonl(data / "eval" / "test.jsonl")))
+            sizes.add(len(read_jsonl(data / "eval" / "test.jsonl")))
     world = ("the default world" if not changed else
              "a world generated with " + ", ".join(f"`--{k} {v}`" for k, v in sorted(changed.items())))
     size = f", {'/'.join(map(str, sorted(sizes)))} held-out questions per seed" if sizes else ""

@@ -68,7 +68,6 @@ def test_report_keeps_the_untuned_seed_apart(runs: Path, tmp_path: Path):
     assert "- `brier_a4`: 7/7 targets met" in text
 
 
-
 def test_the_header_names_the_world_and_the_working_folder_when_not_the_default(runs: Path, tmp_path: Path):
     variants = tuple(v for v in VARIANTS if v.name in ("ppo_alpha0", "brier_a4"))
     text = report.write_report(runs, [1, 2], [7], variants, tmp_path / "r.md").read_text()
@@ -82,6 +81,7 @@ def test_the_header_names_the_world_and_the_working_folder_when_not_the_default(
     text = report.write_report(runs, [1, 2], [7], variants, tmp_path / "r.md").read_text()
     assert ("Toy world: a world generated with `--n_countries 1200`, `--sft_examples 36000`, 900 held-out questions "
             "per seed.") in text
+
 
 def test_ppo_alpha0_is_required(runs: Path, tmp_path: Path):
     with pytest.raises(SystemExit):

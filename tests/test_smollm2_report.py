@@ -73,7 +73,6 @@ def test_report_orders_rows_with_baselines_intervals_and_thirds(tmp_path: Path):
     assert (figures / "conqord_facts_zero_shot_answer_logprob.png").is_file()
 
 
-
 def test_each_report_keeps_its_figures_in_a_folder_of_its_own_name(tmp_path: Path):
     results = tmp_path / "results"
     _results(results / "trained", {"conqord/facts/zero_shot": 0.3})
@@ -82,6 +81,7 @@ def test_each_report_keeps_its_figures_in_a_folder_of_its_own_name(tmp_path: Pat
         text = report(results, tmp_path / "models", tmp_path / "data", docs / name).read_text()
         assert f"](figures/{folder}/conqord_facts_zero_shot.png)" in text
         assert (docs / "figures" / folder / "conqord_facts_zero_shot.png").is_file()
+
 
 def test_embedding_replaces_an_earlier_section(tmp_path: Path):
     from experiments.smollm2_report import embed, real_model_section
