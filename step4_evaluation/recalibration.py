@@ -6,8 +6,8 @@ reported metric is computed on test, and with ``--recalibrate`` a map confidence
 answers (:func:`fit_recalibration`) is scored on the test answers beside the raw confidence (:func:`split_summary`).
 
 AUROC counts ties as 1/2 (:func:`metrics.auroc`): a step function (isotonic, histogram) merges distinct
-confidences into ties and can lower AUROC, while a monotone smooth map (Platt) leaves it unchanged; both the raw
-``auroc`` and ``auroc_recalibrated`` are reported.
+confidences into ties and can lower AUROC, while a monotone smooth map (Platt, beta) leaves it unchanged; both the
+raw ``auroc`` and ``auroc_recalibrated`` are reported.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from step4_evaluation.metrics import auroc, bin_index, bin_statistics, bootstrap
 from step4_evaluation.settings import MetricSettings, SplitSettings
 from utils.errors import UserError
 
-RECALIBRATORS = ("none", "platt", "isotonic", "histogram")
+RECALIBRATORS = ("none", "platt", "beta", "isotonic", "histogram")
 LOGIT_CLIP = 1e-3  # stated confidences of 0.0 and 1.0 have no logit; 1e-3 keeps the order of 0.0, 0.1, …, 1.0
 RECALIBRATED = ("ece", "brier", "auroc")  # the metrics reported again on the recalibrated confidence
 
@@ -68,10 +68,14 @@ class Recalibration:
 
 
 def fit_recalibration(method: str, confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> Recalibration:
-    """The ``method`` map (platt, isotonic or histogram) fitted on dev (confidence, correct) pairs."""
+    """The ``method`` map (platt, beta, isotonic or histogram) fitted on dev (confidence, correct) pairs."""
     conf, corr = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=int)
+    if method in ("platt", "beta") and corr.min() == corr.max():
+        return _constant(method, float(corr.mean()))
     if method == "platt":
         return _platt(conf, corr)
+    if method == "beta":
+        return _beta(conf, corr)
     if method == "isotonic":
         return _isotonic(conf, corr)
     if method == "histogram":
@@ -79,9 +83,19 @@ def fit_recalibration(method: str, confidence: np.ndarray, correct: np.ndarray, 
     raise ValueError(f"unknown recalibration {method!r}; choose one of {RECALIBRATORS[1:]}")
 
 
+def _clipped(confidence: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(confidence, dtype=float), LOGIT_CLIP, 1 - LOGIT_CLIP)
+
+
 def _logit(confidence: np.ndarray) -> np.ndarray:
-    clipped = np.clip(np.asarray(confidence, dtype=float), LOGIT_CLIP, 1 - LOGIT_CLIP)
+    clipped = _clipped(confidence)
     return np.log(clipped / (1 - clipped))[:, None]
+
+
+def _constant(method: str, value: float) -> Recalibration:
+    """A dev set with one class only has no logistic fit (the maximum likelihood is at infinity): the map is then
+    the constant dev accuracy, as isotonic and histogram binning give there."""
+    return Recalibration(method, lambda c: np.full(np.shape(c), value), {"constant": value})
 
 
 def _platt(conf: np.ndarray, corr: np.ndarray) -> Recalibration:
@@ -99,6 +113,44 @@ def _platt(conf: np.ndarray, corr: np.ndarray) -> Recalibration:
     return Recalibration("platt", lambda c: model.predict_proba(_logit(c))[:, 1],
                          {"feature": "logit", "clip": LOGIT_CLIP, "coef": float(model.coef_[0, 0]),
                           "intercept": float(model.intercept_[0])})
+
+
+BETA_FEATURES = ("ln c", "-ln(1 - c)")
+
+
+def _beta_features(confidence: np.ndarray, keep: list[int]) -> np.ndarray:
+    clipped = _clipped(confidence)
+    return np.stack([np.log(clipped), -np.log1p(-clipped)], axis=1)[:, keep]
+
+
+def _beta_fit(conf: np.ndarray, corr: np.ndarray, keep: list[int]) -> tuple[list[float], float]:
+    """([a, b], m) of a logistic regression on the features in ``keep``; a dropped feature's slope is 0."""
+    model = LogisticRegression().fit(_beta_features(conf, keep), corr)
+    coefficients = [0.0, 0.0]
+    for i, slope in zip(keep, model.coef_[0]):
+        coefficients[i] = float(slope)
+    return coefficients, float(model.intercept_[0])
+
+
+def _beta(conf: np.ndarray, corr: np.ndarray) -> Recalibration:
+    """Beta calibration (Kull, Silva Filho & Flach, AISTATS 2017): sigmoid(a·ln c − b·ln(1 − c) + m), a logistic
+    regression on the two features (clipped as Platt's logit).
+
+    Platt's map is the case a = b; two slopes let the low end and the high end of the scale be stretched apart
+    (a model under-confident near 1 and about right near 0 needs b > a), and a = b = 1, m = 0 is the identity.
+    A map with a < 0 or b < 0 would fall somewhere and reorder the answers: that feature is dropped and the other
+    refitted (as Kull et al.'s ``betacal`` package does), so the map never decreases and AUROC stays as it was."""
+    coefficients, intercept = _beta_fit(conf, corr, [0, 1])
+    if min(coefficients) < 0:  # keep the rising feature, refit on it alone
+        coefficients, intercept = _beta_fit(conf, corr, [int(np.argmax(coefficients))])
+    if min(coefficients) < 0:  # it falls alone too: no rising map fits better than the dev accuracy
+        return _constant("beta", float(corr.mean()))
+
+    def apply(confidence: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-(_beta_features(confidence, [0, 1]) @ np.array(coefficients) + intercept)))
+
+    return Recalibration("beta", apply, {"features": list(BETA_FEATURES), "clip": LOGIT_CLIP, "a": coefficients[0],
+                                         "b": coefficients[1], "intercept": intercept})
 
 
 def _isotonic(conf: np.ndarray, corr: np.ndarray) -> Recalibration:

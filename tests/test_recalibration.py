@@ -81,6 +81,57 @@ def test_platt_on_one_class_is_the_constant_dev_accuracy():
     assert fitted.map == {"constant": 0.0} and list(fitted.apply(np.array([0.1, 1.0]))) == [0.0, 0.0]
 
 
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def test_beta_recovers_a_known_two_slope_relation_that_platt_cannot_fit():
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.02, 0.98, 20000)
+    # right about right near 0 (a = 1), under-confident near 1 (b = 2.5): not a Platt map, whose slopes are equal
+    corr = (rng.random(conf.size) < _sigmoid(np.log(conf) - 2.5 * np.log(1 - conf) + 0.3)).astype(int)
+    fitted = fit_recalibration("beta", conf, corr)
+    assert fitted.map["features"] == ["ln c", "-ln(1 - c)"]
+    assert (fitted.map["a"], fitted.map["b"], fitted.map["intercept"]) == (
+        pytest.approx(1.0, abs=0.1), pytest.approx(2.5, abs=0.2), pytest.approx(0.3, abs=0.15))
+    grid = np.linspace(0.02, 0.98, 49)
+    truth = _sigmoid(np.log(grid) - 2.5 * np.log(1 - grid) + 0.3)
+    beta_error = np.abs(fitted.apply(grid) - truth).max()
+    platt_error = np.abs(fit_recalibration("platt", conf, corr).apply(grid) - truth).max()
+    assert beta_error < 0.01 < platt_error  # one slope for both ends misses by 0.03 somewhere
+
+
+def test_beta_keeps_a_calibrated_confidence_and_the_order():
+    rng = np.random.default_rng(4)
+    conf = rng.uniform(0.02, 0.98, 20000)
+    corr = (rng.random(conf.size) < conf).astype(int)
+    fitted = fit_recalibration("beta", conf, corr)
+    grid = np.linspace(0.05, 0.95, 19)
+    assert fitted.apply(grid) == pytest.approx(grid, abs=0.03)  # a = b = 1, m = 0: the identity
+    assert auroc(fitted.apply(conf), corr) == pytest.approx(auroc(conf, corr))
+
+
+def test_beta_drops_a_falling_slope_so_the_map_never_reorders():
+    rng = np.random.default_rng(5)
+    conf = rng.uniform(0.02, 0.98, 4000)
+    # rising at the low end, falling at the high end: the two-feature fit has b < 0
+    corr = (rng.random(conf.size) < _sigmoid(2 * np.log(conf) + 1.5 * np.log(1 - conf) + 1)).astype(int)
+    fitted = fit_recalibration("beta", conf, corr)
+    assert fitted.map["b"] == 0.0 and fitted.map["a"] > 0
+    mapped = fitted.apply(np.linspace(0, 1, 101))
+    assert np.all(np.diff(mapped) > 0)  # strictly rising: no new ties, AUROC unchanged
+    assert auroc(fitted.apply(conf), corr) == pytest.approx(auroc(conf, corr))
+
+
+def test_beta_with_no_rising_fit_is_the_constant_dev_accuracy():
+    conf = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9] * 20)
+    corr = np.array([1, 1, 1, 0, 0, 0] * 20)  # falling everywhere
+    fitted = fit_recalibration("beta", conf, corr)
+    assert fitted.map == {"constant": 0.5} and list(fitted.apply(np.array([0.1, 0.9]))) == [0.5, 0.5]
+    one_class = fit_recalibration("beta", np.array([0.2, 0.9]), np.array([1, 1]))
+    assert one_class.map == {"constant": 1.0}
+
+
 def _overconfident(rng, n):
     """Confidence c, right with probability c³: a model that states far more than it knows."""
     conf = rng.choice(np.round(np.linspace(0.1, 1.0, 10), 1), n)
