@@ -194,7 +194,7 @@ def _recalibration_lines(table: dict[tuple[str, str], dict], names: list[str], m
 
 def recalibration_section(s: Settings, untuned: list[int], methods: list[str]) -> list[str]:
     """Each method fitted on each run's dev split and scored on its test split: the tuning seeds' means, the method
-    they choose per variant, and that choice against the targets on each untuned seed."""
+    they choose per variant, and that choice against the targets on each untuned seed, then on their mean."""
     names = ["sft", *(v.name for v in s.variants if all(_evaluated(s, seed, v.name) for seed in s.seeds))]
     table = recalibration_table(s, names, methods)
     chosen = {name: best_method(table, name, methods) for name in names}
@@ -215,6 +215,19 @@ def recalibration_section(s: Settings, untuned: list[int], methods: list[str]) -
             met = recalibration_met(seed_table[name, chosen[name]])
             text.append(f"- `{name}` with {chosen[name]}: " + "; ".join(f"{k}: {'met' if ok else '**not met**'}"
                                                                        for k, ok in met.items()))
+        text.append("")
+    if len(untuned) > 1:
+        together = replace(s, seeds=untuned)
+        done = [n for n in names if all(_evaluated(together, seed, n) for seed in untuned)]
+        untuned_table = recalibration_table(together, done, [chosen[n] for n in done])
+        seeds = ", ".join(map(str, untuned))
+        text += [f"Seeds {seeds} together (mean over them; the method chosen on the tuning seeds):", ""]
+        for name in done:
+            entry = untuned_table[name, chosen[name]]
+            met = recalibration_met(entry)
+            text.append(f"- `{name}` with {chosen[name]}: ECE {_ms(entry['ece'])} → {_ms(entry['ece_recalibrated'])} "
+                        f"(floor {_ms(entry['ece_floor_recalibrated'])}), Δauroc {_ms(entry['auroc_change'])}: "
+                        + "; ".join(f"{k}: {'met' if ok else '**not met**'}" for k, ok in met.items()))
         text.append("")
     return text
 

@@ -154,7 +154,7 @@ def test_recalibration_is_refitted_from_each_runs_dev_split_and_scored_on_test(t
     from step4_evaluation.metrics import auroc, ece
 
     out = tmp_path / "runs"
-    for seed in (1, 2, 7):  # the layout the main table reads, then the held-out questions with a dev split
+    for seed in (1, 2, 7, 11):  # the layout the main table reads, then the held-out questions with a dev split
         names = ("sft", "ppo_alpha0", "recommended")
         _write(out, seed, {name: _summary(0.5, 0.1, 0.5) for name in names}, train_parse=0.0, results="results_dev0.3")
         for name in names:
@@ -170,11 +170,15 @@ def test_recalibration_is_refitted_from_each_runs_dev_split_and_scored_on_test(t
     variants = tuple(v for v in VARIANTS if v.name in ("ppo_alpha0", "recommended"))
     with pytest.raises(SystemExit, match="no dev split"):
         report.recalibrated(replace_dev(s, tmp_path), 1, "recommended", "isotonic")
-    text = report.write_report(out, [1, 2], [7], variants, tmp_path / "r.md", dev_fraction=0.3,
+    text = report.write_report(out, [1, 2], [7, 11], variants, tmp_path / "r.md", dev_fraction=0.3,
                                recalibrate=("platt", "histogram")).read_text()
     assert "--dev_fraction 0.3 --recalibrate platt histogram" in text and "### Recalibrated on the dev split" in text
     assert "`recommended`: histogram" in text  # exact beats Platt's sigmoid, which cannot hit 5/7 and 0 at once
     assert "- `recommended` with histogram: ECE ≤ 0.05: met; AUROC within 0.01 of the raw one: met" in text
+    together = text.split("Seeds 7, 11 together (mean over them; the method chosen on the tuning seeds):")[1]
+    raw = f"{ece(conf, corr, 10):.3f} ± 0.000"
+    assert f"- `recommended` with histogram: ECE {raw} → 0.000 ± 0.000 (floor " in together
+    assert "Δauroc 0.000 ± 0.000: ECE ≤ 0.05: met; AUROC within 0.01 of the raw one: met" in together
 
 
 def replace_dev(s: Settings, tmp_path: Path) -> Settings:
