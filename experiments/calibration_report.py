@@ -198,9 +198,9 @@ def recalibration_section(s: Settings, untuned: list[int], methods: list[str]) -
     names = ["sft", *(v.name for v in s.variants if all(_evaluated(s, seed, v.name) for seed in s.seeds))]
     table = recalibration_table(s, names, methods)
     chosen = {name: best_method(table, name, methods) for name in names}
-    n_dev = table[names[0], methods[0]]["n_dev"]
+    n_dev = sorted(set(table[names[0], methods[0]]["n_dev"]))  # question counts: whole numbers, one per world size
     text = [f"### Recalibrated on the dev split ({READOUT_TITLES[s.confidence_readout].split(' (')[0]})", "",
-            f"Each map fitted on a run's dev answers ({_ms(n_dev)} questions) and scored on its test answers; "
+            f"Each map fitted on a run's dev answers ({'/'.join(map(str, n_dev))} questions) and scored on its test answers; "
             f"tuning seeds ({', '.join(map(str, s.seeds))}), mean ± std. Δauroc: recalibrated minus raw (a step "
             "function ties confidences it merges; ties count 1/2).", "", *_recalibration_lines(table, names, methods), "",
             "Chosen on the tuning seeds (lowest recalibrated ECE among the methods whose AUROC moves by at most "

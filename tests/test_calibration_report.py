@@ -173,6 +173,7 @@ def test_recalibration_is_refitted_from_each_runs_dev_split_and_scored_on_test(t
     text = report.write_report(out, [1, 2], [7, 11], variants, tmp_path / "r.md", dev_fraction=0.3,
                                recalibrate=("platt", "histogram")).read_text()
     assert "--dev_fraction 0.3 --recalibrate platt histogram" in text and "### Recalibrated on the dev split" in text
+    assert f"Each map fitted on a run's dev answers ({len(ORDERED)} questions)" in text
     assert "`recommended`: histogram" in text  # exact beats Platt's sigmoid, which cannot hit 5/7 and 0 at once
     assert "- `recommended` with histogram: ECE ≤ 0.05: met; AUROC within 0.01 of the raw one: met" in text
     together = text.split("Seeds 7, 11 together (mean over them; the method chosen on the tuning seeds):")[1]
